@@ -1,0 +1,35 @@
+"""Cancel queued and abort running dramatiq messages.
+
+Add :class:`Abortable` to the broker, then call :func:`abort` with a
+message id from any process that shares the event backend.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import backends
+from ._request import AbortMode
+from .api import abort, abort_requested
+from .events import Event, EventBackend
+from .exceptions import Abort, BackendUnavailableError, DramatiqAbortError, MiddlewareMissingError
+from .middleware import Abortable
+
+try:
+    __version__ = version("dramatiq-abort")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "Abort",
+    "AbortMode",
+    "Abortable",
+    "BackendUnavailableError",
+    "DramatiqAbortError",
+    "Event",
+    "EventBackend",
+    "MiddlewareMissingError",
+    "abort",
+    "abort_requested",
+    "backends",
+]

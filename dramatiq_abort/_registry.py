@@ -1,0 +1,287 @@
+"""The messages running in this process, their abort deadlines, and safe delivery.
+
+A message moves through four states:
+
+``PENDING``
+    registered by the middleware, which is still checking the backend for
+    a request.  Any request seen now means the message never starts.
+``STARTED``
+    past that check.  A cancel is too late; an abort sets a deadline.
+``ENTERED``
+    the actor's code is running: at the deadline ``Abort`` is raised in
+    its thread.
+``LEFT``
+    the actor's code has returned: nothing is delivered any more.
+
+One lock guards every state change and every delivery, and leaving clears
+an ``Abort`` that was scheduled but not yet raised, so an ``Abort`` can
+never land after the actor's code returned: not in another middleware's
+hook, not in the next message.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from . import _interrupt
+from ._request import AbortMode, AbortRequest
+from .exceptions import Abort
+
+PENDING, STARTED, ENTERED, LEFT = range(4)
+
+_R = TypeVar("_R")
+_GUARD_MARK = "__dramatiq_abort_guard__"
+
+
+class _Running:
+    """One message running (or about to run) in this process."""
+
+    __slots__ = (
+        "deadline",
+        "delivered",
+        "depth",
+        "fired",
+        "message_id",
+        "request",
+        "state",
+        "thread_id",
+    )
+
+    def __init__(self, message_id: str, thread_id: int) -> None:
+        self.message_id = message_id
+        self.thread_id = thread_id
+        self.state = PENDING
+        self.request: AbortRequest | None = None
+        self.deadline: float | None = None  # time.monotonic() at which Abort is due
+        self.delivered = False
+        self.fired = False
+        self.depth = 0  # nested calls of guarded functions in this message
+
+    def __repr__(self) -> str:
+        return f"<_Running {self.message_id!r} state={self.state} deadline={self.deadline}>"
+
+
+class Registry:
+    """Running messages of this process, keyed by message id and by thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_id: dict[str, _Running] = {}
+        self._by_thread: dict[int, _Running] = {}
+
+    # -- worker thread side -------------------------------------------------
+
+    def register(self, message_id: str) -> _Running:
+        """Register the message the calling thread is about to process."""
+        entry = _Running(message_id, threading.get_ident())
+        with self._lock:
+            self._by_id[message_id] = entry
+            self._by_thread[entry.thread_id] = entry
+        return entry
+
+    def start(self, entry: _Running) -> bool:
+        """Move a pending message to started; ``False`` if a request came first."""
+        with self._lock:
+            if entry.request is not None:
+                return False
+            entry.state = STARTED
+            return True
+
+    def unregister(self, entry: _Running) -> None:
+        """Forget a message whose processing is over."""
+        with self._lock:
+            entry.state = LEFT
+            if self._by_id.get(entry.message_id) is entry:
+                del self._by_id[entry.message_id]
+            if self._by_thread.get(entry.thread_id) is entry:
+                del self._by_thread[entry.thread_id]
+
+    def current(self) -> _Running | None:
+        """Return the message the calling thread is processing, if any."""
+        return self._by_thread.get(threading.get_ident())
+
+    def get(self, message_id: str) -> _Running | None:
+        """Return the message with this id if it is running here."""
+        return self._by_id.get(message_id)
+
+    def running_ids(self) -> list[str]:
+        """Ids of every registered message."""
+        with self._lock:
+            return list(self._by_id)
+
+    def _enter(self, entry: _Running) -> None:
+        with self._lock:
+            entry.depth += 1
+            if entry.state != STARTED:
+                return
+            entry.state = ENTERED
+            due = entry.deadline is not None and entry.deadline <= time.monotonic()
+            if due:
+                entry.delivered = entry.fired = True
+        if due:
+            raise Abort()
+
+    def _leave(self, entry: _Running) -> None:
+        with self._lock:
+            if entry.depth == 0:
+                return  # already left: this is a retry after a late Abort
+            entry.depth -= 1
+            if entry.depth > 0:
+                return
+            entry.state = LEFT
+            if entry.delivered and not entry.fired:
+                _interrupt.clear_in_thread(entry.thread_id)
+                entry.fired = True
+
+    def guard(self, fn: Callable[..., _R]) -> Callable[..., _R]:
+        """Wrap an actor function so ``Abort`` can only land while it runs."""
+        if getattr(fn, _GUARD_MARK, False):
+            return fn
+        registry = self
+
+        def guarded(*args: Any, **kwargs: Any) -> _R:
+            entry = registry.current()
+            if entry is None:
+                return fn(*args, **kwargs)
+            try:
+                registry._enter(entry)
+                return fn(*args, **kwargs)
+            except Abort:
+                entry.fired = True
+                raise
+            finally:
+                # An Abort scheduled in the last instant can fire here, even
+                # at the first instruction of _leave; it came after the actor's
+                # code had finished, so it is dropped and _leave is retried.
+                while True:
+                    try:
+                        registry._leave(entry)
+                        break
+                    except Abort:
+                        entry.fired = True
+
+        for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
+            setattr(guarded, attr, getattr(fn, attr, None))
+        guarded.__wrapped__ = fn  # type: ignore[attr-defined]
+        setattr(guarded, _GUARD_MARK, True)
+        return guarded
+
+    # -- watcher side --------------------------------------------------------
+
+    def request(self, request: AbortRequest) -> _Running | None:
+        """Apply a request to the matching local message.
+
+        Returns:
+            The entry when its deadline lies in the future and must be
+            scheduled with :meth:`deliver` at that time.
+
+        """
+        entry = self._by_id.get(request.message_id)
+        if entry is None:
+            return None
+        with self._lock:
+            if entry.state == LEFT:
+                return None
+            if entry.state == PENDING:
+                entry.request = request
+                return None
+            if request.mode is AbortMode.CANCEL:
+                return None
+            deadline = time.monotonic() + request.grace_seconds()
+            if entry.deadline is not None and entry.deadline <= deadline:
+                return None
+            if entry.request is None or entry.request.mode is AbortMode.CANCEL:
+                entry.request = request
+            entry.deadline = deadline
+            if self._deliver_locked(entry):
+                return None
+            return entry if entry.state != LEFT and not entry.delivered else None
+
+    def deliver(self, entry: _Running) -> None:
+        """Raise ``Abort`` in the entry's thread if its deadline has come."""
+        with self._lock:
+            self._deliver_locked(entry)
+
+    def _deliver_locked(self, entry: _Running) -> bool:
+        if entry.delivered or entry.deadline is None or entry.deadline > time.monotonic():
+            return False
+        if entry.state != ENTERED:
+            return False  # STARTED: _enter raises it; LEFT: too late.
+        entry.delivered = _interrupt.raise_in_thread(entry.thread_id, Abort)
+        return entry.delivered
+
+    def remaining_ms(self, entry: _Running) -> float | None:
+        """Milliseconds until ``Abort`` is due, or ``None`` without a request."""
+        deadline = entry.deadline
+        if deadline is None or entry.state == PENDING:
+            return None
+        return max(0.0, (deadline - time.monotonic()) * 1000)
+
+
+class DeadlineTimer:
+    """One thread that delivers every graceful abort at its deadline."""
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, _Running]] = []
+        self._seq = itertools.count()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the timer thread (once)."""
+        with self._cond:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stopping = False
+            self._thread = threading.Thread(
+                target=self._run, name="dramatiq-abort-timer", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the timer thread and wait for it."""
+        with self._cond:
+            self._stopping = True
+            thread, self._thread = self._thread, None
+            self._heap.clear()
+            self._cond.notify()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def schedule(self, entry: _Running) -> None:
+        """Deliver ``entry``'s abort at its deadline."""
+        deadline = entry.deadline
+        if deadline is None:
+            return
+        with self._cond:
+            heapq.heappush(self._heap, (deadline, next(self._seq), entry))
+            if self._heap[0][2] is entry:
+                self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping:
+                    now = time.monotonic()
+                    if self._heap and self._heap[0][0] <= now:
+                        break
+                    self._cond.wait(self._heap[0][0] - now if self._heap else None)
+                if self._stopping:
+                    return
+                due = []
+                now = time.monotonic()
+                while self._heap and self._heap[0][0] <= now:
+                    due.append(heapq.heappop(self._heap)[2])
+            for entry in due:
+                self._registry.deliver(entry)
+
+
+#: The process-wide registry: thread ids and message ids are unique per process.
+REGISTRY = Registry()

@@ -1,0 +1,138 @@
+"""The abort request: its mode, argument checks, and its form as an :class:`Event`."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from .events import Event
+
+_logger = logging.getLogger("dramatiq_abort")
+
+#: Event keys of abort requests are this prefix followed by the message id.
+KEY_PREFIX = "abort:"
+
+
+class AbortMode(enum.Enum):
+    """How far an abort request reaches.
+
+    ``CANCEL`` only stops a message that has not started; ``ABORT`` also
+    interrupts one that is running.
+    """
+
+    ABORT = "abort"
+    CANCEL = "cancel"
+
+
+def coerce_mode(mode: object) -> AbortMode:
+    """Return ``mode`` as an :class:`AbortMode`, accepting its string values."""
+    if isinstance(mode, AbortMode):
+        return mode
+    if isinstance(mode, str):
+        try:
+            return AbortMode(mode.lower())
+        except ValueError:
+            pass
+    msg = f"mode must be AbortMode.ABORT, AbortMode.CANCEL, 'abort' or 'cancel', not {mode!r}"
+    raise ValueError(msg)
+
+
+def to_ms(value: object, name: str, *, allow_zero: bool = True) -> int:
+    """Return a duration given in milliseconds or as a ``timedelta`` as whole milliseconds."""
+    if isinstance(value, timedelta):
+        ms = value / timedelta(milliseconds=1)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        ms = float(value)
+    else:
+        msg = f"{name} must be a number of milliseconds or a datetime.timedelta, not {value!r}"
+        raise TypeError(msg)
+    if ms != ms or ms in (float("inf"), float("-inf")):
+        msg = f"{name} must be a finite number of milliseconds, not {value!r}"
+        raise ValueError(msg)
+    if ms < 0 or (ms == 0 and not allow_zero):
+        least = "0 or more" if allow_zero else "more than 0"
+        msg = f"{name} must be {least} milliseconds, not {value!r}"
+        raise ValueError(msg)
+    return round(ms)
+
+
+def check_message_id(message_id: object) -> str:
+    """Return ``message_id`` if it is a non-empty string."""
+    if not isinstance(message_id, str):
+        msg = (
+            f"message_id must be the message's id string, not {message_id!r}: "
+            "pass message.message_id"
+        )
+        raise TypeError(msg)
+    if not message_id.strip():
+        msg = f"message_id must be a non-empty string, not {message_id!r}"
+        raise ValueError(msg)
+    return message_id
+
+
+def key_for(message_id: str) -> str:
+    """Return the event key of the abort request for ``message_id``."""
+    return KEY_PREFIX + message_id
+
+
+@dataclass(frozen=True)
+class AbortRequest:
+    """One request to abort one message, as the worker sees it."""
+
+    message_id: str
+    mode: AbortMode
+    abort_timeout: int
+    requested_at: float | None
+
+    def to_event(self) -> Event:
+        """Encode this request as an :class:`Event`."""
+        params: dict[str, Any] = {"mode": self.mode.value, "abort_timeout": self.abort_timeout}
+        if self.requested_at is not None:
+            params["requested_at"] = self.requested_at
+        return Event(key_for(self.message_id), params)
+
+    @classmethod
+    def create(cls, message_id: str, mode: AbortMode, abort_timeout: int) -> AbortRequest:
+        """Build a request stamped with the current wall-clock time."""
+        return cls(message_id, mode, abort_timeout, time.time() * 1000)
+
+    @classmethod
+    def from_event(cls, event: object) -> AbortRequest | None:
+        """Decode an event; anything malformed is logged and gives ``None``."""
+        try:
+            if not isinstance(event, Event) or not event.key.startswith(KEY_PREFIX):
+                raise ValueError("not an abort event")
+            params = event.params
+            if not isinstance(params, dict):
+                raise ValueError("params are not a mapping")
+            message_id = event.key[len(KEY_PREFIX) :]
+            if not message_id:
+                raise ValueError("empty message id")
+            mode = coerce_mode(params.get("mode", "abort"))
+            timeout = to_ms(params.get("abort_timeout", 0), "abort_timeout")
+            requested_at = params.get("requested_at")
+            if requested_at is not None and (
+                isinstance(requested_at, bool) or not isinstance(requested_at, (int, float))
+            ):
+                raise ValueError("requested_at is not a number")
+        except (TypeError, ValueError, AttributeError) as exc:
+            _logger.warning("Ignoring malformed abort event %r: %s", event, exc)
+            return None
+        return cls(message_id, mode, timeout, requested_at)
+
+    def grace_seconds(self) -> float:
+        """Seconds of grace left now, counting from when the request was made.
+
+        The wall-clock correction is clamped to ``[0, abort_timeout]`` so a
+        skewed clock can shorten transit time but never invent or remove
+        more grace than was asked for.
+        """
+        grace = float(self.abort_timeout)
+        if self.requested_at is not None:
+            elapsed = time.time() * 1000 - self.requested_at
+            grace = max(0.0, min(grace, grace - max(0.0, elapsed)))
+        return grace / 1000

@@ -1,0 +1,89 @@
+"""The client side: :func:`abort` and :func:`abort_requested`."""
+
+from __future__ import annotations
+
+import dramatiq
+
+from ._request import AbortMode
+from .exceptions import MiddlewareMissingError
+from .middleware import Abortable
+
+__all__ = ["AbortMode", "abort", "abort_requested"]
+
+
+def _find_middleware(middleware: Abortable | None, caller: str) -> Abortable:
+    if middleware is not None:
+        if not isinstance(middleware, Abortable):
+            msg = f"{caller}() needs an Abortable middleware or None, not {middleware!r}"
+            raise TypeError(msg)
+        return middleware
+    broker = dramatiq.get_broker()
+    for candidate in broker.middleware:
+        if isinstance(candidate, Abortable):
+            return candidate
+    msg = (
+        f"{caller}() needs the Abortable middleware on the broker {broker!r}: call "
+        "broker.add_middleware(Abortable(backend=...)) before sending messages, "
+        f"or pass middleware= to {caller}()"
+    )
+    raise MiddlewareMissingError(msg)
+
+
+def abort(
+    message_id: str,
+    middleware: Abortable | None = None,
+    abort_ttl: int | None = None,
+    mode: AbortMode = AbortMode.ABORT,
+    abort_timeout: int = 0,
+) -> None:
+    """Abort a pending or running message given its ``message_id``.
+
+    Args:
+        message_id: The ``message_id`` of what ``actor.send()`` returned.
+        middleware: The ``Abortable`` to use; ``None`` finds the one on
+            ``dramatiq.get_broker()``.
+        abort_ttl: Milliseconds (or a ``timedelta``) the request stays
+            valid for a message that has not started; ``None`` uses the
+            middleware's ``abort_ttl``.
+        mode: ``AbortMode.ABORT`` (or ``"abort"``) stops the message
+            whether pending or running; ``AbortMode.CANCEL`` (``"cancel"``)
+            only if it has not started.
+        abort_timeout: With ``ABORT``, milliseconds (or a ``timedelta``)
+            of grace: the running message sees the countdown through
+            :func:`abort_requested` and gets ``Abort`` when it runs out.
+
+    Raises:
+        MiddlewareMissingError: No ``Abortable`` is on the broker.
+        BackendUnavailableError: The event backend could not be reached.
+        TypeError: An argument has the wrong type.
+        ValueError: An argument is out of range.
+
+    Example:
+        >>> abort(message.message_id)  # doctest: +SKIP
+        >>> abort(message.message_id, mode="cancel")  # doctest: +SKIP
+
+    """
+    _find_middleware(middleware, "abort").abort(
+        message_id, abort_ttl=abort_ttl, mode=mode, abort_timeout=abort_timeout
+    )
+
+
+def abort_requested(
+    message_id: str | None = None, middleware: Abortable | None = None
+) -> float | None:
+    """Milliseconds until the current message is aborted, or ``None``.
+
+    Inside a running actor, returns ``None`` while no abort is requested;
+    after a request it returns the grace left, a float that counts down to
+    ``0.0`` and never goes negative.  Outside a worker it returns ``None``.
+
+    Args:
+        message_id: Ask about another message running in this process
+            instead of the current one.
+        middleware: As in :func:`abort`.
+
+    Raises:
+        MiddlewareMissingError: No ``Abortable`` is on the broker.
+
+    """
+    return _find_middleware(middleware, "abort_requested").abort_requested(message_id)

@@ -1,0 +1,220 @@
+"""The Redis event backend.
+
+Each request is stored under ``<namespace><event key>`` with ``SET ... PX
+ttl``, so a worker that takes the message later still finds it, and every
+batch is announced with one ``PUBLISH`` on ``<namespace>events``, so a
+running message learns of it at once.  Both go out in one pipelined round
+trip.  Workers hold one subscribed connection each and read it with a
+timeout: an idle worker sends Redis no commands.  Values are JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+
+from ..events import Event, EventBackend, Subscription
+
+__all__ = ["RedisBackend"]
+
+_logger = logging.getLogger(__name__)
+
+#: Seconds to wait for Redis to confirm a subscription.
+_SUBSCRIBE_TIMEOUT = 5.0
+#: Messages read without blocking after the first one, per ``get`` call.
+_DRAIN = 256
+#: Client options :meth:`RedisBackend.from_url` sets unless the caller does.
+_URL_DEFAULTS: dict[str, Any] = {
+    "socket_connect_timeout": 5,
+    "socket_timeout": 10,
+    "health_check_interval": 30,
+}
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, (bytes, bytearray)) else str(value)
+
+
+def _decode_params(key: str, raw: Any) -> Event | None:
+    try:
+        params = json.loads(_text(raw))
+    except (ValueError, UnicodeDecodeError) as exc:
+        _logger.warning("Ignoring a value that is not JSON at %r: %s", key, exc)
+        return None
+    if not isinstance(params, dict):
+        _logger.warning("Ignoring a value that is not a JSON object at %r: %r", key, params)
+        return None
+    return Event(key, params)
+
+
+def _decode_batch(raw: Any) -> list[Event]:
+    try:
+        items = json.loads(_text(raw))
+        if not isinstance(items, list):
+            raise ValueError("not a list")
+        events = []
+        for item in items:
+            key, params = item
+            if not isinstance(key, str) or not isinstance(params, dict):
+                raise ValueError(f"bad item {item!r}")
+            events.append(Event(key, params))
+    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+        _logger.warning("Ignoring a malformed announcement %r: %s", raw, exc)
+        return []
+    return events
+
+
+class _RedisSubscription:
+    """A subscribed connection, read with a timeout."""
+
+    def __init__(self, client: Any, channel: str) -> None:
+        self._pubsub = client.pubsub()
+        try:
+            self._pubsub.subscribe(channel)
+            deadline = time.monotonic() + _SUBSCRIBE_TIMEOUT
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise redis.ConnectionError(f"Redis did not confirm SUBSCRIBE {channel}")
+                message = self._pubsub.get_message(timeout=remaining)
+                if message is not None and message["type"] in ("subscribe", b"subscribe"):
+                    return
+        except BaseException:
+            self.close()
+            raise
+
+    def get(self, timeout: float) -> list[Event]:
+        message = self._pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
+        events: list[Event] = []
+        for _ in range(_DRAIN):
+            if message is None:
+                break
+            if message["type"] in ("message", b"message"):
+                events.extend(_decode_batch(message["data"]))
+            message = self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0)
+        return events
+
+    def close(self) -> None:
+        try:
+            self._pubsub.close()
+        except Exception:  # closing a broken connection may fail; nothing to keep
+            _logger.debug("Error while closing a Redis subscription.", exc_info=True)
+
+
+class RedisBackend(EventBackend):
+    """An event backend for Redis.
+
+    Args:
+        client: A ``redis.Redis`` client.
+        namespace: Prefix of every key and of the announcement channel.
+
+    Example:
+        >>> import redis
+        >>> from dramatiq_abort import backends
+        >>> backend = backends.RedisBackend(client=redis.Redis())
+
+    """
+
+    def __init__(self, *, client: Any, namespace: str = "dramatiq:aborts:") -> None:
+        if not isinstance(namespace, str) or not namespace:
+            msg = (
+                f"namespace must be a non-empty string such as 'dramatiq:aborts:', "
+                f"not {namespace!r}"
+            )
+            raise ValueError(msg)
+        if client is None:
+            msg = "RedisBackend needs client=redis.Redis(...), or use RedisBackend.from_url(url)"
+            raise TypeError(msg)
+        self.client = client
+        self.namespace = namespace
+        self.channel = namespace + "events"
+
+    def __repr__(self) -> str:
+        return f"RedisBackend(client={self.client!r}, namespace={self.namespace!r})"
+
+    @classmethod
+    def from_url(cls, url: str, *args: Any, **kwargs: Any) -> RedisBackend:
+        """Initialize the backend from a Redis URL such as ``redis://localhost:6379/0``.
+
+        The client gets finite socket timeouts and a health check every 30
+        seconds (options in the URL's query string win).  Any extra
+        parameters are passed on to the default constructor.
+        """
+        if not isinstance(url, str) or "://" not in url:
+            msg = f"url must be a Redis URL such as 'redis://localhost:6379/0', not {url!r}"
+            raise ValueError(msg)
+        client = redis.Redis.from_url(url, **_URL_DEFAULTS)
+        return cls(*args, client=client, **kwargs)
+
+    def _key(self, key: str) -> str:
+        return self.namespace + key
+
+    def notify(self, events: Iterable[Event], ttl: int) -> None:
+        """Store each event for ``ttl`` ms and announce the batch, in one round trip."""
+        batch = list(events)
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
+            msg = f"ttl must be a positive whole number of milliseconds, not {ttl!r}"
+            raise ValueError(msg)
+        if not batch:
+            return
+        encoded = [(event.key, json.dumps(event.params)) for event in batch]
+        announcement = json.dumps([[event.key, event.params] for event in batch])
+        pipe = self.client.pipeline(transaction=False)
+        for key, value in encoded:
+            pipe.set(self._key(key), value, px=ttl)
+        pipe.publish(self.channel, announcement)
+        pipe.execute()
+
+    def poll(self, key: str) -> Event | None:
+        """Return the event stored under ``key`` without consuming it."""
+        try:
+            raw = self.client.get(self._key(key))
+        except redis.ResponseError as exc:  # e.g. WRONGTYPE: someone else's key
+            _logger.warning("Ignoring unreadable key %r: %s", self._key(key), exc)
+            return None
+        return None if raw is None else _decode_params(key, raw)
+
+    def poll_many(self, keys: Iterable[str]) -> list[Event]:
+        """Return the stored events among ``keys``, in one round trip."""
+        wanted = list(keys)
+        if not wanted:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for key in wanted:
+            pipe.get(self._key(key))
+        found = []
+        for key, raw in zip(wanted, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(raw, Exception):
+                _logger.warning("Ignoring unreadable key %r: %s", self._key(key), raw)
+            elif raw is not None:
+                event = _decode_params(key, raw)
+                if event is not None:
+                    found.append(event)
+        return found
+
+    def wait_many(self, keys: Iterable[str], timeout: int) -> Event | None:
+        """Wait up to ``timeout`` ms for one of ``keys``, stored or announced."""
+        wanted = list(keys)
+        deadline = time.monotonic() + timeout / 1000
+        subscription = self.subscribe()
+        try:
+            found = self.poll_many(wanted)
+            if found:
+                return found[0]
+            keyset = set(wanted)
+            while (remaining := deadline - time.monotonic()) > 0:
+                for event in subscription.get(remaining):
+                    if event.key in keyset:
+                        return event
+            return None
+        finally:
+            subscription.close()
+
+    def subscribe(self) -> Subscription:
+        """Open a subscription to the announcement channel, live on return."""
+        return _RedisSubscription(self.client, self.channel)

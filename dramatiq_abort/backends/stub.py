@@ -1,0 +1,136 @@
+"""The in-memory event backend: the embedded default, for one process."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterable
+
+from ..events import Event, EventBackend, Subscription
+
+__all__ = ["StubBackend"]
+
+#: Seconds between two sweeps of expired events.
+_SWEEP_EVERY = 1.0
+
+
+class _StubSubscription:
+    """A queue that :meth:`StubBackend.notify` feeds."""
+
+    def __init__(self, backend: StubBackend) -> None:
+        self._backend = backend
+        self.queue: queue.SimpleQueue[list[Event]] = queue.SimpleQueue()
+
+    def get(self, timeout: float) -> list[Event]:
+        try:
+            events = list(self.queue.get(timeout=timeout))
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                events.extend(self.queue.get_nowait())
+            except queue.Empty:
+                return events
+
+    def close(self) -> None:
+        self._backend._unsubscribe(self)
+
+
+class StubBackend(EventBackend):
+    """An in-memory event backend for one process.
+
+    It is the embedded default: the client and the workers must share the
+    process, as with dramatiq's ``StubBroker``.  Events expire after their
+    TTL, polling does not consume them, and workers are told at once.
+
+    Example:
+        >>> from dramatiq_abort import Event, backends
+        >>> backend = backends.StubBackend()
+        >>> backend.notify([Event("abort:1", {"mode": "cancel"})], ttl=1000)
+        >>> backend.poll("abort:1")
+        Event(key='abort:1', params={'mode': 'cancel'})
+
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._events: dict[str, tuple[float, Event]] = {}
+        self._subscriptions: list[_StubSubscription] = []
+        self._next_sweep = time.monotonic() + _SWEEP_EVERY
+
+    def __len__(self) -> int:
+        """Return the number of live events."""
+        with self._cond:
+            self._sweep(time.monotonic(), force=True)
+            return len(self._events)
+
+    def notify(self, events: Iterable[Event], ttl: int) -> None:
+        """Store ``events`` for ``ttl`` milliseconds and announce them."""
+        batch = list(events)
+        now = time.monotonic()
+        expires = now + ttl / 1000
+        with self._cond:
+            for event in batch:
+                self._events[event.key] = (expires, event)
+            subscriptions = list(self._subscriptions)
+            self._sweep(now)
+            self._cond.notify_all()
+        for subscription in subscriptions:
+            subscription.queue.put(batch)
+
+    def poll(self, key: str) -> Event | None:
+        """Return the live event stored under ``key``, leaving it in place."""
+        with self._cond:
+            return self._live(key, time.monotonic())
+
+    def poll_many(self, keys: Iterable[str]) -> list[Event]:
+        """Return the live events among ``keys``."""
+        now = time.monotonic()
+        with self._cond:
+            found = (self._live(key, now) for key in keys)
+            return [event for event in found if event is not None]
+
+    def wait_many(self, keys: Iterable[str], timeout: int) -> Event | None:
+        """Wait up to ``timeout`` milliseconds for one of ``keys``."""
+        wanted = list(keys)
+        deadline = time.monotonic() + timeout / 1000
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                for key in wanted:
+                    event = self._live(key, now)
+                    if event is not None:
+                        return event
+                if now >= deadline:
+                    return None
+                self._cond.wait(deadline - now)
+
+    def subscribe(self) -> Subscription:
+        """Feed every event notified from now on."""
+        subscription = _StubSubscription(self)
+        with self._cond:
+            self._subscriptions.append(subscription)
+        return subscription
+
+    def _unsubscribe(self, subscription: _StubSubscription) -> None:
+        with self._cond:
+            if subscription in self._subscriptions:
+                self._subscriptions.remove(subscription)
+
+    def _live(self, key: str, now: float) -> Event | None:
+        stored = self._events.get(key)
+        if stored is None:
+            return None
+        if stored[0] <= now:
+            del self._events[key]
+            return None
+        return stored[1]
+
+    def _sweep(self, now: float, *, force: bool = False) -> None:
+        if not force and now < self._next_sweep:
+            return
+        self._next_sweep = now + _SWEEP_EVERY
+        expired = [key for key, (expires, _) in self._events.items() if expires <= now]
+        for key in expired:
+            del self._events[key]

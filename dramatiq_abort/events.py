@@ -1,0 +1,111 @@
+"""The event backend contract: :class:`Event` and :class:`EventBackend`.
+
+The three abstract methods are the contract of dramatiq-abort 1.x, so a
+backend written for it still plugs in.  The concrete methods below are
+optional capabilities with working defaults; the built-in backends
+override them to push events to workers instead of being polled.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+__all__ = ["Event", "EventBackend", "Subscription"]
+
+
+@dataclass(frozen=True)
+class Event:
+    """Events are composed of an identifying key and associated parameters.
+
+    Args:
+        key: What the event is about, for example ``"abort:<message id>"``.
+        params: JSON-compatible parameters of the event.
+
+    """
+
+    key: str
+    params: dict[str, Any]
+
+
+class Subscription(Protocol):
+    """A live feed of the events a backend announces (see :meth:`EventBackend.subscribe`)."""
+
+    def get(self, timeout: float) -> list[Event]:
+        """Wait at most ``timeout`` seconds for announced events.
+
+        Returns:
+            The events announced since the last call (empty on timeout).
+
+        Raises:
+            Exception: Any error of the backend's connection; the caller
+                closes this subscription and opens a new one.
+
+        """
+
+    def close(self) -> None:
+        """Release the subscription's resources; safe to call twice."""
+
+
+class EventBackend(abc.ABC):
+    """ABC for event backends."""
+
+    @abc.abstractmethod
+    def notify(self, events: Iterable[Event], ttl: int) -> None:
+        """Signal events.
+
+        Once notified, a call to :meth:`poll` or :meth:`wait_many` with
+        this event should result in a positive result.
+
+        Args:
+            events: Events to signal.
+            ttl: Milliseconds for the signal to live.  Long enough for
+                workers to see it, short enough that outdated keys do not
+                pile up.
+
+        """
+
+    @abc.abstractmethod
+    def poll(self, key: str) -> Event | None:
+        """Check if an event has been signaled, without blocking.
+
+        Returns:
+            The event if it was signaled, ``None`` otherwise.  A backend
+            might not be idempotent: once a key has signaled, subsequent
+            calls might return ``None``.
+
+        """
+
+    @abc.abstractmethod
+    def wait_many(self, keys: Iterable[str], timeout: int) -> Event | None:
+        """Wait for one of ``keys`` to be signaled, or ``timeout`` milliseconds.
+
+        Returns:
+            The event that signaled, or ``None`` on timeout.
+
+        """
+
+    def poll_many(self, keys: Iterable[str]) -> list[Event]:
+        """Return the signaled events among ``keys``.
+
+        The default calls :meth:`poll` once per key; built-in backends
+        answer in one round trip.
+        """
+        found = []
+        for key in keys:
+            event = self.poll(key)
+            if event is not None:
+                found.append(event)
+        return found
+
+    def subscribe(self) -> Subscription | None:
+        """Open a push feed of every event notified from now on.
+
+        The default returns ``None``: the backend cannot push, and the
+        middleware falls back to :meth:`wait_many`.  A backend that returns
+        a subscription must only return once it is live, so that no event
+        notified after this call returns is missed.
+        """
+        return None

@@ -1,0 +1,213 @@
+"""The :class:`Abortable` middleware: dramatiq's hooks and the ``abortable`` option."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import dramatiq
+from dramatiq.broker import Broker, MessageProxy
+from dramatiq.middleware import Middleware, SkipMessage
+from dramatiq.worker import Worker
+
+from ._registry import REGISTRY, _Running
+from ._request import AbortMode, AbortRequest, check_message_id, coerce_mode, key_for, to_ms
+from ._watcher import Watcher
+from .events import EventBackend
+from .exceptions import Abort, BackendUnavailableError
+
+__all__ = ["Abortable"]
+
+#: Seconds between two warnings about the backend failing on the hot path.
+_WARN_EVERY = 30.0
+
+
+class Abortable(Middleware):
+    """Middleware that interrupts actors whose message has been aborted.
+
+    It adds an ``abortable`` option to actors and to ``send_with_options``;
+    the message's value wins over the actor's, which wins over this
+    middleware's default.
+
+    Args:
+        backend: Event backend that carries requests from clients to
+            workers, such as :class:`~dramatiq_abort.backends.RedisBackend`
+            or the in-memory :class:`~dramatiq_abort.backends.StubBackend`.
+        abortable: Default of the ``abortable`` option for every actor.
+        abort_ttl: Milliseconds a request stays valid for a message that
+            has not started yet (a ``timedelta`` works too).
+
+    Note:
+        ``Abort`` is raised in the worker thread as an asynchronous
+        exception, so it lands the next time that thread runs Python code:
+        it can't cancel a system call or a long C function.  The toolkit
+        (``abort_scope``, ``guarded_popen``) keeps waits interruptible.
+        Only CPython is supported.
+
+    Example:
+        >>> from dramatiq.brokers.stub import StubBroker
+        >>> from dramatiq_abort import Abortable, backends
+        >>> broker = StubBroker()
+        >>> broker.add_middleware(Abortable(backend=backends.StubBackend()))
+
+    """
+
+    def __init__(
+        self, *, backend: EventBackend, abortable: bool = True, abort_ttl: int = 90000
+    ) -> None:
+        if not isinstance(backend, EventBackend):
+            msg = (
+                f"backend must be an EventBackend such as backends.RedisBackend or "
+                f"backends.StubBackend, not {backend!r}"
+            )
+            raise TypeError(msg)
+        if not isinstance(abortable, bool):
+            msg = f"abortable must be True or False, not {abortable!r}"
+            raise TypeError(msg)
+        self.backend = backend
+        self.abortable = abortable
+        self.abort_ttl = to_ms(abort_ttl, "abort_ttl", allow_zero=False)
+        self.logger = dramatiq.logging.get_logger(__name__, type(self))
+        self._registry = REGISTRY
+        self._watcher = Watcher(backend, REGISTRY)
+        self._last_warning = 0.0
+
+    @property
+    def actor_options(self) -> set[str]:
+        """The ``abortable`` option this middleware adds to actors."""
+        return {"abortable"}
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def after_process_boot(self, broker: Broker) -> None:
+        """Start the watcher in a freshly booted worker process."""
+        self._watcher.start()
+
+    def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
+        """Start the watcher before the worker takes messages."""
+        self._watcher.start()
+
+    def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
+        """Stop the watcher once the worker's threads have finished."""
+        self._watcher.stop()
+
+    # -- actors --------------------------------------------------------------
+
+    def after_declare_actor(self, broker: Broker, actor: dramatiq.Actor[Any, Any]) -> None:
+        """Prepare each actor so ``Abort`` only lands inside its code."""
+        self._prepare(actor)
+
+    def _prepare(self, actor: dramatiq.Actor[Any, Any]) -> None:
+        # The guard confines delivery to the actor's own code; listing Abort
+        # in ``throws`` makes Retries fail the message instead of retrying it
+        # and makes the worker log one line instead of a traceback.
+        actor.fn = self._registry.guard(actor.fn)
+        throws = actor.options.get("throws") or ()
+        if not isinstance(throws, tuple):
+            throws = (throws,)
+        if Abort not in throws:
+            actor.options["throws"] = (*throws, Abort)
+
+    def _is_abortable(self, actor: dramatiq.Actor[Any, Any], message: MessageProxy) -> bool:
+        value = message.options.get("abortable")
+        if value is None:
+            value = actor.options.get("abortable", self.abortable)
+        return bool(value)
+
+    # -- messages ------------------------------------------------------------
+
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
+        """Skip a message with a request; otherwise register it as running."""
+        actor = broker.get_actor(message.actor_name)
+        if not getattr(actor.fn, "__dramatiq_abort_guard__", False):
+            self._prepare(actor)  # declared before this middleware was added
+        if not self._is_abortable(actor, message):
+            return
+        # Register first, then look: a request announced in between is
+        # recorded on the entry by the watcher, so none falls in the gap.
+        entry = self._registry.register(message.message_id)
+        if self._watcher.healthy or not self._watcher.running:
+            self._check_backend(entry)
+        if not self._registry.start(entry):
+            request = entry.request
+            self.logger.info(
+                "Skipping message %s: it was %s before it started.",
+                message.message_id,
+                "cancelled" if request and request.mode is AbortMode.CANCEL else "aborted",
+            )
+            message.fail()
+            raise SkipMessage(f"message {message.message_id} was aborted before it started")
+
+    def _check_backend(self, entry: _Running) -> None:
+        try:
+            event = self.backend.poll(key_for(entry.message_id))
+        except Exception as exc:
+            now = time.monotonic()
+            if now - self._last_warning >= _WARN_EVERY:
+                self._last_warning = now
+                self.logger.warning(
+                    "Could not check the event backend for message %s (%s: %s); running it.",
+                    entry.message_id,
+                    type(exc).__name__,
+                    exc,
+                )
+            return
+        if event is not None:
+            request = AbortRequest.from_event(event)
+            if request is not None:
+                self._registry.request(request)
+
+    def after_process_message(
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: Any | None = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        """Forget the message; log an abort once."""
+        entry = self._registry.get(message.message_id)
+        if entry is None or entry.thread_id != threading.get_ident():
+            return
+        self._registry.unregister(entry)
+        if isinstance(exception, Abort):
+            self.logger.info("Message %s was aborted while running.", message.message_id)
+
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
+        """Forget a skipped message."""
+        self.after_process_message(broker, message)
+
+    # -- client side ---------------------------------------------------------
+
+    def abort(
+        self,
+        message_id: str,
+        abort_ttl: int | None = None,
+        mode: AbortMode = AbortMode.ABORT,
+        abort_timeout: int = 0,
+    ) -> None:
+        """Request the abort of a message; see :func:`dramatiq_abort.abort`."""
+        message_id = check_message_id(message_id)
+        mode = coerce_mode(mode)
+        ttl = (
+            self.abort_ttl if abort_ttl is None else to_ms(abort_ttl, "abort_ttl", allow_zero=False)
+        )
+        timeout = to_ms(abort_timeout, "abort_timeout")
+        request = AbortRequest.create(message_id, mode, timeout)
+        try:
+            self.backend.notify([request.to_event()], ttl)
+        except Exception as exc:
+            msg = (
+                f"could not record the abort of message {message_id!r}: the event backend "
+                f"failed ({type(exc).__name__}: {exc}); nothing was sent, try again once it is back"
+            )
+            raise BackendUnavailableError(msg) from exc
+
+    def abort_requested(self, message_id: str | None = None) -> float | None:
+        """Milliseconds left before ``Abort``; see :func:`dramatiq_abort.abort_requested`."""
+        if message_id is None:
+            entry = self._registry.current()
+        else:
+            entry = self._registry.get(check_message_id(message_id))
+        return None if entry is None else self._registry.remaining_ms(entry)

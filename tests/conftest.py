@@ -1,0 +1,275 @@
+"""Fixtures: one per real service, a parametrised event backend, brokers and workers.
+
+Services: ``REDIS_URL`` when set, otherwise Redis on 127.0.0.1:6379,
+otherwise a throwaway ``redis-server`` started here; RabbitMQ from
+``RABBITMQ_URL`` or 127.0.0.1:5672.  A missing service fails the tests
+that need it under ``CI=true`` and skips them elsewhere.  Tests write only
+under their own namespaces in their own database numbers and delete only
+what they wrote.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import dramatiq
+import pytest
+from dramatiq import Worker
+from dramatiq.brokers.stub import StubBroker
+
+from dramatiq_abort import Abortable, EventBackend, backends
+
+#: Database numbers of the tests: the event backend's, then the RedisBroker's.
+BACKEND_DB = 13
+BROKER_DB = 14
+
+
+def require(available: bool, reason: str) -> None:
+    """Fail under CI=true, skip elsewhere, when a service is missing."""
+    if available:
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason} (CI=true: a missing service is a failure)")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    """Return a TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """A throwaway redis-server on a loopback port; it can be stopped and restarted."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.dir = tempfile.mkdtemp(prefix="dramatiq-abort-redis-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The server's URL, without a database number."""
+        return f"redis://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start the server and wait until it answers PING."""
+        import redis
+
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
+                time.sleep(0.02)  # polling a process we just started; nothing to wait on
+        client.close()
+
+    def stop(self) -> None:
+        """Kill the server and reap it."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def close(self) -> None:
+        """Stop the server and remove its directory."""
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _redis_answers(url: str) -> bool:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=1)
+        client.ping()
+        client.close()
+    except (redis.RedisError, OSError):
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def redis_base_url() -> Iterator[str]:
+    """A reachable Redis server's URL, without a database number."""
+    pytest.importorskip("redis")
+    url = os.environ.get("REDIS_URL")
+    if url:
+        base = url.rsplit("/", 1)[0] if url.count("/") > 2 else url
+        require(_redis_answers(base), f"REDIS_URL={url} does not answer")
+        yield base
+        return
+    if _redis_answers("redis://127.0.0.1:6379"):
+        yield "redis://127.0.0.1:6379"
+        return
+    require(shutil.which("redis-server") is not None, "no Redis on 6379 and no redis-server")
+    server = RedisServer()
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def namespace() -> str:
+    """A key prefix of this test's own."""
+    return f"dramatiq-abort-test:{uuid.uuid4().hex}:"
+
+
+def delete_prefix(client: Any, prefix: str) -> None:
+    """Delete the keys under ``prefix`` (this test's own) and nothing else."""
+    keys = list(client.scan_iter(match=prefix + "*", count=1000))
+    for start in range(0, len(keys), 500):
+        client.delete(*keys[start : start + 500])
+
+
+@pytest.fixture
+def redis_client(redis_base_url: str, namespace: str) -> Iterator[Any]:
+    """A client of the tests' event-backend database; this test's keys go at teardown."""
+    import redis
+
+    client = redis.Redis.from_url(f"{redis_base_url}/{BACKEND_DB}")
+    yield client
+    delete_prefix(client, namespace)
+    client.close()
+
+
+@pytest.fixture
+def redis_backend(redis_client: Any, namespace: str) -> backends.RedisBackend:
+    """A RedisBackend writing under this test's namespace."""
+    return backends.RedisBackend(client=redis_client, namespace=namespace)
+
+
+@pytest.fixture(params=["stub", "redis"])
+def event_backend(request: pytest.FixtureRequest) -> EventBackend:
+    """Every built-in event backend, in turn."""
+    if request.param == "stub":
+        return backends.StubBackend()
+    backend: EventBackend = request.getfixturevalue("redis_backend")
+    return backend
+
+
+@pytest.fixture
+def queue_name() -> str:
+    """A queue name of this test's own (RabbitMQ queues are server-wide)."""
+    return f"dramatiq-abort-test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def stub_broker() -> Iterator[StubBroker]:
+    """A StubBroker set as the global broker."""
+    broker = StubBroker()
+    broker.emit_after("process_boot")
+    dramatiq.set_broker(broker)
+    yield broker
+    broker.flush_all()
+    broker.close()
+
+
+@pytest.fixture
+def redis_broker(redis_base_url: str, namespace: str) -> Iterator[dramatiq.Broker]:
+    """A RedisBroker in the tests' broker database, under this test's namespace."""
+    from dramatiq.brokers.redis import RedisBroker
+
+    broker = RedisBroker(url=f"{redis_base_url}/{BROKER_DB}", namespace=namespace.rstrip(":"))
+    broker.emit_after("process_boot")
+    dramatiq.set_broker(broker)
+    yield broker
+    delete_prefix(broker.client, namespace.rstrip(":"))
+    broker.close()
+
+
+@pytest.fixture
+def rabbitmq_broker() -> Iterator[dramatiq.Broker]:
+    """A RabbitmqBroker; the queues this test declared are deleted at teardown."""
+    pytest.importorskip("pika")
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+    url = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672")
+    broker = RabbitmqBroker(url=url, connection_attempts=1, heartbeat=5)
+    try:
+        broker.connection  # noqa: B018 - connecting is the point
+    except Exception as exc:
+        require(False, f"RabbitMQ at {url} does not answer: {exc}")
+    broker.emit_after("process_boot")
+    dramatiq.set_broker(broker)
+    yield broker
+    with contextlib.suppress(Exception):
+        for queue in broker.get_declared_queues():
+            for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
+                broker.channel.queue_delete(name)
+    broker.close()
+
+
+BROKER_KINDS = ["stub", "redis", "rabbitmq"]
+
+
+@pytest.fixture(params=BROKER_KINDS)
+def broker(request: pytest.FixtureRequest) -> dramatiq.Broker:
+    """Each real broker in turn, with an Abortable on the matching event backend."""
+    broker: dramatiq.Broker = request.getfixturevalue(f"{request.param}_broker")
+    if request.param == "stub":
+        backend: EventBackend = backends.StubBackend()
+    else:
+        backend = request.getfixturevalue("redis_backend")
+    broker.add_middleware(Abortable(backend=backend))
+    return broker
+
+
+@pytest.fixture
+def start_worker() -> Iterator[Callable[..., Worker]]:
+    """Start workers on demand; each is stopped at teardown."""
+    workers: list[Worker] = []
+
+    def start(broker: dramatiq.Broker, **options: Any) -> Worker:
+        options.setdefault("worker_threads", 2)
+        options.setdefault("worker_timeout", 50)
+        worker = Worker(broker, **options)
+        worker.start()
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+def join(broker: dramatiq.Broker, queue_name: str, worker: Worker) -> None:
+    """Wait until the queue is drained and the worker has finished its work."""
+    if isinstance(broker, StubBroker):
+        broker.join(queue_name, fail_fast=False, timeout=30_000)
+    else:
+        broker.join(queue_name, timeout=30_000)
+    worker.join()

@@ -110,7 +110,8 @@ class RedisBackend(EventBackend):
     """An event backend for Redis.
 
     Args:
-        client: A ``redis.Redis`` client.
+        client: A ``redis.Redis`` client; ``None`` connects to Redis on
+            localhost:6379, database 0, with the timeouts of :meth:`from_url`.
         namespace: Prefix of every key and of the announcement channel.
 
     Example:
@@ -120,7 +121,7 @@ class RedisBackend(EventBackend):
 
     """
 
-    def __init__(self, *, client: Any, namespace: str = "dramatiq:aborts:") -> None:
+    def __init__(self, *, client: Any = None, namespace: str = "dramatiq:aborts:") -> None:
         if not isinstance(namespace, str) or not namespace:
             msg = (
                 f"namespace must be a non-empty string such as 'dramatiq:aborts:', "
@@ -128,8 +129,7 @@ class RedisBackend(EventBackend):
             )
             raise ValueError(msg)
         if client is None:
-            msg = "RedisBackend needs client=redis.Redis(...), or use RedisBackend.from_url(url)"
-            raise TypeError(msg)
+            client = redis.Redis(**_URL_DEFAULTS)
         self.client = client
         self.namespace = namespace
         self.channel = namespace + "events"

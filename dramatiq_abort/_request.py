@@ -13,6 +13,9 @@ from .events import Event
 
 _logger = logging.getLogger("dramatiq_abort")
 
+#: A duration: whole milliseconds, as in dramatiq, or a ``timedelta``.
+Duration = int | float | timedelta
+
 #: Event keys of abort requests are this prefix followed by the message id.
 KEY_PREFIX = "abort:"
 

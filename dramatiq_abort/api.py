@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dramatiq
 
-from ._request import AbortMode
+from ._request import AbortMode, Duration
 from .exceptions import MiddlewareMissingError
 from .middleware import Abortable
 
@@ -32,9 +32,9 @@ def _find_middleware(middleware: Abortable | None, caller: str) -> Abortable:
 def abort(
     message_id: str,
     middleware: Abortable | None = None,
-    abort_ttl: int | None = None,
-    mode: AbortMode = AbortMode.ABORT,
-    abort_timeout: int = 0,
+    abort_ttl: Duration | None = None,
+    mode: AbortMode | str = AbortMode.ABORT,
+    abort_timeout: Duration = 0,
 ) -> None:
     """Abort a pending or running message given its ``message_id``.
 

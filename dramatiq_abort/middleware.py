@@ -12,7 +12,15 @@ from dramatiq.middleware import Middleware, SkipMessage
 from dramatiq.worker import Worker
 
 from ._registry import REGISTRY, _Running
-from ._request import AbortMode, AbortRequest, check_message_id, coerce_mode, key_for, to_ms
+from ._request import (
+    AbortMode,
+    AbortRequest,
+    Duration,
+    check_message_id,
+    coerce_mode,
+    key_for,
+    to_ms,
+)
 from ._watcher import Watcher
 from .events import EventBackend
 from .exceptions import Abort, BackendUnavailableError
@@ -54,7 +62,7 @@ class Abortable(Middleware):
     """
 
     def __init__(
-        self, *, backend: EventBackend, abortable: bool = True, abort_ttl: int = 90000
+        self, *, backend: EventBackend, abortable: bool = True, abort_ttl: Duration = 90000
     ) -> None:
         if not isinstance(backend, EventBackend):
             msg = (
@@ -183,9 +191,9 @@ class Abortable(Middleware):
     def abort(
         self,
         message_id: str,
-        abort_ttl: int | None = None,
-        mode: AbortMode = AbortMode.ABORT,
-        abort_timeout: int = 0,
+        abort_ttl: Duration | None = None,
+        mode: AbortMode | str = AbortMode.ABORT,
+        abort_timeout: Duration = 0,
     ) -> None:
         """Request the abort of a message; see :func:`dramatiq_abort.abort`."""
         message_id = check_message_id(message_id)

@@ -218,7 +218,7 @@ def rabbitmq_broker() -> Iterator[dramatiq.Broker]:
     from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
     url = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672")
-    broker = RabbitmqBroker(url=url, connection_attempts=1, heartbeat=5)
+    broker = RabbitmqBroker(url=url)
     try:
         broker.connection  # noqa: B018 - connecting is the point
     except Exception as exc:

@@ -1,0 +1,146 @@
+"""The event backend contract, run against every built-in backend."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from dramatiq_abort import Event, EventBackend
+
+
+def test_poll_returns_a_notified_event(event_backend: EventBackend) -> None:
+    """A notified event is returned by poll with its parameters."""
+    event_backend.notify([Event("abort:a", {"mode": "abort", "abort_timeout": 5})], ttl=10_000)
+    assert event_backend.poll("abort:a") == Event("abort:a", {"mode": "abort", "abort_timeout": 5})
+
+
+def test_poll_is_not_destructive(event_backend: EventBackend) -> None:
+    """Polling twice finds the event twice, so a redelivered message is still skipped."""
+    event_backend.notify([Event("abort:a", {})], ttl=10_000)
+    assert event_backend.poll("abort:a") is not None
+    assert event_backend.poll("abort:a") is not None
+
+
+def test_poll_unknown_key_is_none(event_backend: EventBackend) -> None:
+    """Polling a key nobody notified gives None."""
+    assert event_backend.poll("abort:nobody") is None
+
+
+def test_events_expire_after_their_ttl(event_backend: EventBackend) -> None:
+    """An event is gone once its TTL has passed."""
+    event_backend.notify([Event("abort:short", {})], ttl=50)
+    event_backend.notify([Event("abort:long", {})], ttl=60_000)
+    deadline = time.monotonic() + 5
+    while event_backend.poll("abort:short") is not None:
+        assert time.monotonic() < deadline, "event outlived its TTL by seconds"
+        time.sleep(0.01)  # waiting for a clock: nothing to wait on but time
+    assert event_backend.poll("abort:long") is not None
+
+
+def test_notify_many_and_poll_many(event_backend: EventBackend) -> None:
+    """A batch is stored whole and poll_many returns exactly the stored keys."""
+    event_backend.notify([Event(f"abort:{i}", {"i": i}) for i in range(100)], ttl=10_000)
+    found = event_backend.poll_many(["abort:3", "abort:missing", "abort:99"])
+    assert sorted(event.params["i"] for event in found) == [3, 99]
+
+
+def test_wait_many_returns_an_already_notified_event(event_backend: EventBackend) -> None:
+    """wait_many returns at once when one of the keys is already signaled."""
+    event_backend.notify([Event("abort:b", {"x": 1})], ttl=10_000)
+    assert event_backend.wait_many(["abort:a", "abort:b"], timeout=5_000) == Event(
+        "abort:b", {"x": 1}
+    )
+
+
+def test_wait_many_wakes_on_a_later_notify(event_backend: EventBackend) -> None:
+    """wait_many returns an event notified concurrently with the wait."""
+    result: list[Event | None] = []
+    waiting = threading.Thread(
+        target=lambda: result.append(event_backend.wait_many(["abort:c"], timeout=10_000))
+    )
+    waiting.start()
+    # Keep notifying unrelated keys, then the awaited one, until the waiter returns.
+    event_backend.notify([Event("abort:other", {})], ttl=10_000)
+    event_backend.notify([Event("abort:c", {"late": True})], ttl=10_000)
+    waiting.join(15)
+    assert result == [Event("abort:c", {"late": True})]
+
+
+def test_wait_many_times_out(event_backend: EventBackend) -> None:
+    """wait_many gives None when nothing is signaled in time."""
+    assert event_backend.wait_many(["abort:never"], timeout=50) is None
+
+
+def test_subscription_receives_events_notified_after_subscribe(
+    event_backend: EventBackend,
+) -> None:
+    """A live subscription receives every batch notified after subscribe() returned."""
+    subscription = event_backend.subscribe()
+    assert subscription is not None
+    try:
+        event_backend.notify([Event("abort:s1", {}), Event("abort:s2", {"k": "v"})], ttl=10_000)
+        received: list[Event] = []
+        deadline = time.monotonic() + 5
+        while len(received) < 2 and time.monotonic() < deadline:
+            received.extend(subscription.get(0.5))
+        assert received == [Event("abort:s1", {}), Event("abort:s2", {"k": "v"})]
+    finally:
+        subscription.close()
+    subscription.close()  # closing twice is harmless
+
+
+def test_subscription_get_times_out_empty(event_backend: EventBackend) -> None:
+    """An idle subscription returns an empty batch after its timeout."""
+    subscription = event_backend.subscribe()
+    assert subscription is not None
+    try:
+        assert subscription.get(0.05) == []
+    finally:
+        subscription.close()
+
+
+def test_notify_rejects_a_non_positive_ttl(redis_backend: EventBackend) -> None:
+    """The Redis backend refuses a TTL Redis would reject, naming the value."""
+    with pytest.raises(ValueError, match=r"ttl must be a positive whole number.*0"):
+        redis_backend.notify([Event("abort:x", {})], ttl=0)
+
+
+def test_redis_backend_from_url(redis_base_url: str, namespace: str) -> None:
+    """from_url builds a working backend and passes extra arguments to the constructor."""
+    from conftest import BACKEND_DB, delete_prefix
+    from dramatiq_abort.backends import RedisBackend
+
+    backend = RedisBackend.from_url(f"{redis_base_url}/{BACKEND_DB}", namespace=namespace)
+    try:
+        assert backend.namespace == namespace
+        backend.notify([Event("abort:u", {})], ttl=10_000)
+        assert backend.poll("abort:u") == Event("abort:u", {})
+    finally:
+        delete_prefix(backend.client, namespace)
+        backend.client.close()
+
+
+def test_redis_backend_rejects_bad_arguments() -> None:
+    """Bad constructor and from_url arguments fail fast, naming the value."""
+    from dramatiq_abort.backends import RedisBackend
+
+    with pytest.raises(ValueError, match=r"namespace must be a non-empty string.*''"):
+        RedisBackend(client=object(), namespace="")
+    with pytest.raises(ValueError, match=r"url must be a Redis URL.*'localhost'"):
+        RedisBackend.from_url("localhost")
+
+
+def test_garbage_values_are_ignored(redis_backend: EventBackend, redis_client: object) -> None:
+    """A value that is not a JSON object, or a key of the wrong type, polls as None."""
+    from dramatiq_abort.backends import RedisBackend
+
+    assert isinstance(redis_backend, RedisBackend)
+    client = redis_backend.client
+    client.set(redis_backend.namespace + "abort:text", b"not json")
+    client.set(redis_backend.namespace + "abort:list", b"[1, 2]")
+    client.rpush(redis_backend.namespace + "abort:wrongtype", b"x")
+    for key in ("abort:text", "abort:list", "abort:wrongtype"):
+        assert redis_backend.poll(key) is None
+    assert redis_backend.poll_many(["abort:text", "abort:list", "abort:wrongtype"]) == []

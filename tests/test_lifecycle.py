@@ -1,0 +1,131 @@
+"""The middleware's threads, actor preparation and per-process lookups."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import dramatiq
+from dramatiq import Worker
+from dramatiq.brokers.stub import StubBroker
+
+from conftest import join
+from dramatiq_abort import Abort, Abortable, abort, abort_requested, backends
+
+StartWorker = Callable[..., Worker]
+
+
+def our_threads() -> list[threading.Thread]:
+    """The live threads this library started."""
+    return [t for t in threading.enumerate() if t.name.startswith("dramatiq-abort")]
+
+
+def test_workers_started_and_stopped_leave_no_thread(
+    stub_broker: StubBroker, redis_backend: backends.RedisBackend
+) -> None:
+    """Ten start/stop cycles of a Worker leave none of our threads behind."""
+    before = our_threads()
+    stub_broker.add_middleware(Abortable(backend=redis_backend))
+    for _ in range(10):
+        worker = Worker(stub_broker, worker_threads=1, worker_timeout=50)
+        worker.start()
+        assert len(our_threads()) == len(before) + 2
+        worker.stop()
+        assert our_threads() == before
+
+
+def test_boot_hook_called_twice_starts_once(stub_broker: StubBroker) -> None:
+    """Calling the boot hooks by hand, as old test suites do, starts one set of threads."""
+    before = our_threads()
+    middleware = Abortable(backend=backends.StubBackend())
+    stub_broker.add_middleware(middleware)
+    middleware.after_process_boot(stub_broker)
+    middleware.after_process_boot(stub_broker)
+    worker = Worker(stub_broker, worker_threads=1, worker_timeout=50)
+    worker.start()
+    assert len(our_threads()) == len(before) + 2
+    worker.stop()
+    assert our_threads() == before
+
+
+def test_actor_declared_before_the_middleware_is_abortable(
+    stub_broker: StubBroker, start_worker: StartWorker
+) -> None:
+    """An actor declared before Abortable was added is still aborted, and not retried."""
+    started, runs = threading.Event(), []
+
+    @dramatiq.actor(broker=stub_broker, min_backoff=10)
+    def early() -> None:
+        runs.append(1)
+        started.set()
+        while True:
+            threading.Event().wait(0.002)
+
+    stub_broker.add_middleware(Abortable(backend=backends.StubBackend()))
+    worker = start_worker(stub_broker)
+    message = early.send()
+    assert started.wait(10)
+    abort(message.message_id)
+    join(stub_broker, early.queue_name, worker)
+    assert runs == [1]
+    assert [m.message_id for m in stub_broker.dead_letters] == [message.message_id]
+
+
+def test_abort_requested_for_another_running_message(
+    stub_broker: StubBroker, start_worker: StartWorker
+) -> None:
+    """abort_requested(message_id=...) answers for another message running in this process."""
+    stub_broker.add_middleware(Abortable(backend=backends.StubBackend()))
+    started, release, seen = threading.Event(), threading.Event(), []
+
+    @dramatiq.actor(broker=stub_broker, max_retries=0)
+    def target() -> None:
+        started.set()
+        release.wait(30)
+
+    @dramatiq.actor(broker=stub_broker, max_retries=0, queue_name="observer")
+    def observer(target_id: str) -> None:
+        seen.append(abort_requested(target_id))
+
+    worker = start_worker(stub_broker)
+    message = target.send()
+    assert started.wait(10)
+    abort(message.message_id, abort_timeout=60_000)
+    # The request travels through the watcher; the observer asks until it sees it.
+    while not seen or seen[-1] is None:
+        observer.send(message.message_id)
+        stub_broker.join(observer.queue_name, fail_fast=False)
+        assert len(seen) < 1000, "the request never reached the running message"
+    release.set()
+    join(stub_broker, target.queue_name, worker)
+    assert 0 < seen[-1] <= 60_000
+
+
+def test_nested_actor_calls_stay_abortable(
+    stub_broker: StubBroker, start_worker: StartWorker
+) -> None:
+    """An actor that calls another actor's function in-line is still aborted inside it."""
+    stub_broker.add_middleware(Abortable(backend=backends.StubBackend()))
+    started, where = threading.Event(), []
+
+    @dramatiq.actor(broker=stub_broker)
+    def inner() -> None:
+        started.set()
+        try:
+            while True:
+                threading.Event().wait(0.002)
+        except Abort:
+            where.append("inner")
+            raise
+
+    @dramatiq.actor(broker=stub_broker, max_retries=0)
+    def outer() -> None:
+        inner()  # nested guard: leaving it must not make the outer call unabortable
+        where.append("outer went on")
+
+    worker = start_worker(stub_broker)
+    message = outer.send()
+    assert started.wait(10)
+    abort(message.message_id)
+    join(stub_broker, outer.queue_name, worker)
+    assert where == ["inner"]

@@ -1,0 +1,41 @@
+"""Type-level checks of the public API: mypy checks this module, pytest never runs it."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import dramatiq
+from typing_extensions import assert_type
+
+from dramatiq_abort import (
+    Abort,
+    Abortable,
+    AbortMode,
+    Event,
+    EventBackend,
+    abort,
+    abort_requested,
+    backends,
+)
+
+
+def check_signatures(broker: dramatiq.Broker) -> None:
+    """Every public call with the types users pass."""
+    backend: EventBackend = backends.StubBackend()
+    redis_backend = backends.RedisBackend.from_url("redis://localhost:6379/0", namespace="x:")
+    assert_type(redis_backend, backends.RedisBackend)
+    middleware = Abortable(backend=backend, abortable=True, abort_ttl=90_000)
+    broker.add_middleware(middleware)
+    assert_type(abort("id"), None)
+    abort("id", middleware, 1000, AbortMode.CANCEL, 0)
+    abort("id", abort_ttl=timedelta(hours=1), abort_timeout=timedelta(seconds=2))
+    abort("id", mode="cancel")
+    assert_type(abort_requested(), float | None)
+    assert_type(abort_requested("id", middleware), float | None)
+    assert_type(backend.poll("abort:id"), Event | None)
+    assert_type(backend.wait_many(["abort:id"], 100), Event | None)
+    backend.notify([Event("abort:id", {"mode": "abort"})], ttl=1000)
+    try:
+        pass
+    except Abort as exc:
+        assert_type(exc, Abort)

@@ -21,33 +21,38 @@ hook, not in the next message.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
+import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from . import _interrupt
 from ._request import AbortMode, AbortRequest
 from .exceptions import Abort
 
 PENDING, STARTED, ENTERED, LEFT = range(4)
+#: Outcomes of a delivery attempt.
+DELIVERED, RETRY, NOTHING = range(3)
 
 _R = TypeVar("_R")
-_GUARD_MARK = "__dramatiq_abort_guard__"
 
 
 class _Running:
     """One message running (or about to run) in this process."""
 
     __slots__ = (
+        "checked",
         "deadline",
         "delivered",
         "depth",
         "fired",
         "message_id",
         "request",
+        "retries",
         "state",
         "thread_id",
     )
@@ -61,6 +66,8 @@ class _Running:
         self.delivered = False
         self.fired = False
         self.depth = 0  # nested calls of guarded functions in this message
+        self.retries = 0  # deliveries put off while the thread was in the guard itself
+        self.checked = False  # whether the backend was asked before the message started
 
     def __repr__(self) -> str:
         return f"<_Running {self.message_id!r} state={self.state} deadline={self.deadline}>"
@@ -140,36 +147,9 @@ class Registry:
 
     def guard(self, fn: Callable[..., _R]) -> Callable[..., _R]:
         """Wrap an actor function so ``Abort`` can only land while it runs."""
-        if getattr(fn, _GUARD_MARK, False):
+        if isinstance(fn, _Guarded):
             return fn
-        registry = self
-
-        def guarded(*args: Any, **kwargs: Any) -> _R:
-            entry = registry.current()
-            if entry is None:
-                return fn(*args, **kwargs)
-            try:
-                registry._enter(entry)
-                return fn(*args, **kwargs)
-            except Abort:
-                entry.fired = True
-                raise
-            finally:
-                # An Abort scheduled in the last instant can fire here, even
-                # at the first instruction of _leave; it came after the actor's
-                # code had finished, so it is dropped and _leave is retried.
-                while True:
-                    try:
-                        registry._leave(entry)
-                        break
-                    except Abort:
-                        entry.fired = True
-
-        for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
-            setattr(guarded, attr, getattr(fn, attr, None))
-        guarded.__wrapped__ = fn  # type: ignore[attr-defined]
-        setattr(guarded, _GUARD_MARK, True)
-        return guarded
+        return _Guarded(fn, self)
 
     # -- watcher side --------------------------------------------------------
 
@@ -198,22 +178,37 @@ class Registry:
             if entry.request is None or entry.request.mode is AbortMode.CANCEL:
                 entry.request = request
             entry.deadline = deadline
-            if self._deliver_locked(entry):
+            if self._deliver_locked(entry) == DELIVERED:
                 return None
-            return entry if entry.state != LEFT and not entry.delivered else None
+            return entry
 
-    def deliver(self, entry: _Running) -> None:
-        """Raise ``Abort`` in the entry's thread if its deadline has come."""
+    def deliver(self, entry: _Running) -> int:
+        """Raise ``Abort`` in the entry's thread if its deadline has come.
+
+        Returns:
+            ``DELIVERED``; ``RETRY`` when the thread is passing through the
+            guard itself (entering or leaving the actor's code), so the
+            attempt must be repeated shortly; or ``NOTHING``.
+
+        """
         with self._lock:
-            self._deliver_locked(entry)
+            return self._deliver_locked(entry)
 
-    def _deliver_locked(self, entry: _Running) -> bool:
+    def _deliver_locked(self, entry: _Running) -> int:
         if entry.delivered or entry.deadline is None or entry.deadline > time.monotonic():
-            return False
+            return NOTHING
         if entry.state != ENTERED:
-            return False  # STARTED: _enter raises it; LEFT: too late.
+            return NOTHING  # STARTED: _enter raises it; LEFT: too late.
+        # ENTERED also covers the instants just before the actor's function is
+        # called and just after it returned, while the thread runs the guard's
+        # own code; an exception raised there would hit a message whose code
+        # already finished. Look where the thread is, and try again shortly.
+        frame = sys._current_frames().get(entry.thread_id)
+        if frame is not None and frame.f_code in _TRANSIT_CODES:
+            entry.retries += 1
+            return RETRY
         entry.delivered = _interrupt.raise_in_thread(entry.thread_id, Abort)
-        return entry.delivered
+        return DELIVERED if entry.delivered else NOTHING
 
     def remaining_ms(self, entry: _Running) -> float | None:
         """Milliseconds until ``Abort`` is due, or ``None`` without a request."""
@@ -221,6 +216,52 @@ class Registry:
         if deadline is None or entry.state == PENDING:
             return None
         return max(0.0, (deadline - time.monotonic()) * 1000)
+
+
+class _Guarded(Generic[_R]):
+    """An actor function whose calls enter and leave the running message's entry."""
+
+    __slots__ = ("__dict__", "__weakref__", "_fn", "_registry")
+
+    def __init__(self, fn: Callable[..., _R], registry: Registry) -> None:
+        self._fn = fn
+        self._registry = registry
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> _R:
+        registry = self._registry
+        entry = registry.current()
+        if entry is None:
+            return self._fn(*args, **kwargs)
+        try:
+            registry._enter(entry)
+            return self._fn(*args, **kwargs)
+        except Abort:
+            entry.fired = True
+            raise
+        finally:
+            # Delivery is held off while this frame is the thread's innermost,
+            # but an Abort raised in the last instant can still fire here, even
+            # at the first instruction of _leave; it came after the actor's code
+            # had finished, so it is dropped and _leave is retried.
+            while True:
+                try:
+                    registry._leave(entry)
+                    break
+                except Abort:
+                    entry.fired = True
+
+    def __repr__(self) -> str:
+        return f"<abortable {self._fn!r}>"
+
+
+#: Code the thread runs between the guard and the actor's function.
+_TRANSIT_CODES = frozenset(
+    {_Guarded.__call__.__code__, Registry._enter.__code__, Registry._leave.__code__}
+)
+#: Seconds before a delivery put off by the guard is tried again, first and at most.
+_RETRY_FIRST = 0.0005
+_RETRY_MAX = 0.05
 
 
 class DeadlineTimer:
@@ -257,11 +298,12 @@ class DeadlineTimer:
 
     def schedule(self, entry: _Running) -> None:
         """Deliver ``entry``'s abort at its deadline."""
-        deadline = entry.deadline
-        if deadline is None:
-            return
+        if entry.deadline is not None:
+            self._push(entry.deadline, entry)
+
+    def _push(self, when: float, entry: _Running) -> None:
         with self._cond:
-            heapq.heappush(self._heap, (deadline, next(self._seq), entry))
+            heapq.heappush(self._heap, (when, next(self._seq), entry))
             if self._heap[0][2] is entry:
                 self._cond.notify()
 
@@ -280,7 +322,9 @@ class DeadlineTimer:
                 while self._heap and self._heap[0][0] <= now:
                     due.append(heapq.heappop(self._heap)[2])
             for entry in due:
-                self._registry.deliver(entry)
+                if self._registry.deliver(entry) == RETRY:
+                    delay = min(_RETRY_MAX, _RETRY_FIRST * 2 ** min(entry.retries, 10))
+                    self._push(time.monotonic() + delay, entry)
 
 
 #: The process-wide registry: thread ids and message ids are unique per process.

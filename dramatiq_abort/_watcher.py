@@ -17,8 +17,8 @@ import time
 
 from dramatiq.logging import get_logger
 
-from ._registry import DeadlineTimer, Registry
-from ._request import KEY_PREFIX, AbortRequest, key_for
+from ._registry import ENTERED, STARTED, DeadlineTimer, Registry
+from ._request import KEY_PREFIX, AbortMode, AbortRequest, key_for
 from .events import Event, EventBackend, Subscription
 
 #: Seconds a subscription read blocks; bounds how long stopping takes.
@@ -26,7 +26,7 @@ _READ_TIMEOUT = 0.25
 #: Milliseconds the fallback loop waits per ``wait_many`` call.
 _FALLBACK_WAIT_MS = 1000
 _MIN_BACKOFF = 0.1
-_MAX_BACKOFF = 5.0
+_MAX_BACKOFF = 1.0
 
 
 class Watcher:
@@ -70,8 +70,8 @@ class Watcher:
             thread.join(timeout)
         self._timer.stop(timeout)
 
-    def handle(self, events: list[Event]) -> None:
-        """Apply announced events to the messages running here."""
+    def handle(self, events: list[Event], *, resync: bool = False) -> None:
+        """Apply announced (or, on ``resync``, re-read) events to the messages running here."""
         for event in events:
             if not event.key.startswith(KEY_PREFIX):
                 continue
@@ -80,6 +80,15 @@ class Watcher:
             request = AbortRequest.from_event(event)
             if request is None:
                 continue
+            if resync and request.mode is AbortMode.CANCEL:
+                entry = self._registry.get(request.message_id)
+                if entry is not None and entry.state in (STARTED, ENTERED) and not entry.checked:
+                    self._logger.warning(
+                        "Message %s started while the event backend was unreachable and "
+                        "was cancelled meanwhile; a cancel never interrupts a running "
+                        "message, so it keeps running.",
+                        request.message_id,
+                    )
             entry = self._registry.request(request)
             if entry is not None:
                 self._timer.schedule(entry)
@@ -88,7 +97,7 @@ class Watcher:
         """Look up requests for every registered message in one backend call."""
         ids = self._registry.running_ids()
         if ids:
-            self.handle(self._backend.poll_many([key_for(i) for i in ids]))
+            self.handle(self._backend.poll_many([key_for(i) for i in ids]), resync=True)
 
     def _listen(self, stop: threading.Event) -> None:
         backoff = _MIN_BACKOFF
@@ -100,10 +109,13 @@ class Watcher:
                 if subscription is None:
                     self._fallback(stop)
                     return
+                # Healthy first: a message starting from now on asks the backend
+                # itself; the resync covers those that started before.
+                self.healthy = True
                 self.resync()
                 if failures:
                     self._logger.info("Event backend is reachable again; aborts resume.")
-                self.healthy, failures, backoff = True, 0, _MIN_BACKOFF
+                failures, backoff = 0, _MIN_BACKOFF
                 while not stop.is_set():
                     self.handle(subscription.get(_READ_TIMEOUT))
             except Exception as exc:

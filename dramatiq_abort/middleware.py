@@ -11,7 +11,7 @@ from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import Middleware, SkipMessage
 from dramatiq.worker import Worker
 
-from ._registry import REGISTRY, _Running
+from ._registry import REGISTRY, _Guarded, _Running
 from ._request import (
     AbortMode,
     AbortRequest,
@@ -128,7 +128,7 @@ class Abortable(Middleware):
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         """Skip a message with a request; otherwise register it as running."""
         actor = broker.get_actor(message.actor_name)
-        if not getattr(actor.fn, "__dramatiq_abort_guard__", False):
+        if not isinstance(actor.fn, _Guarded):
             self._prepare(actor)  # declared before this middleware was added
         if not self._is_abortable(actor, message):
             return
@@ -136,7 +136,7 @@ class Abortable(Middleware):
         # recorded on the entry by the watcher, so none falls in the gap.
         entry = self._registry.register(message.message_id)
         if self._watcher.healthy or not self._watcher.running:
-            self._check_backend(entry)
+            entry.checked = self._check_backend(entry)
         if not self._registry.start(entry):
             request = entry.request
             self.logger.info(
@@ -147,7 +147,7 @@ class Abortable(Middleware):
             message.fail()
             raise SkipMessage(f"message {message.message_id} was aborted before it started")
 
-    def _check_backend(self, entry: _Running) -> None:
+    def _check_backend(self, entry: _Running) -> bool:
         try:
             event = self.backend.poll(key_for(entry.message_id))
         except Exception as exc:
@@ -160,11 +160,12 @@ class Abortable(Middleware):
                     type(exc).__name__,
                     exc,
                 )
-            return
+            return False
         if event is not None:
             request = AbortRequest.from_event(event)
             if request is not None:
                 self._registry.request(request)
+        return True
 
     def after_process_message(
         self,

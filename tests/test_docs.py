@@ -1,0 +1,632 @@
+"""The README's snippets and the reference contract's examples run as written.
+
+README.md: its ```python blocks run in order in one namespace per test, as
+a reader pasting them into one module would: the README says the snippets
+build on each other (later ones use the setup and actors of earlier ones).
+Each block is found by the heading above it and has a driver here that
+checks what the text around it promises; a block without a driver fails.
+
+The reference contract (``../shared/spec/dramatiq-abort-reference.txt``
+beside the repository) is read at test time; its examples are the code
+paragraphs of its example sections, run with one fix only:
+``get_broker.add_middleware`` -> ``get_broker().add_middleware``.  They
+use names the text never imports (``dramatiq``, ``abort``, ``AbortMode``,
+``sleep``, ...); the test provides them, and ``args``/``kwargs`` as the
+subprocess example's inputs.  The reference's ``RedisBackend()`` writes to
+Redis on localhost:6379, database 0, under ``dramatiq:aborts:``: the tests
+delete exactly the keys of the messages they sent, and never flush.
+
+Pacing: an example sends a message and aborts it on the next line.  To see
+the behaviour its text describes, a snippet runs statement by statement,
+and before each top-level ``abort(...)`` call the test brings the message
+to the state the text is about (still queued, or running).  The code
+itself runs unchanged.
+
+Brokers: StubBroker and RedisBroker (each under this test's namespace).  Not
+RabbitMQ: the examples' actors use the ``default`` queue, which on RabbitMQ
+is server-wide and may be shared with other test runs; test_abort.py covers
+RabbitMQ with queues of the tests' own.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dramatiq
+import pytest
+from dramatiq import Worker
+from dramatiq.broker import Broker, MessageProxy
+from dramatiq.middleware import Middleware
+
+from conftest import BACKEND_DB, require
+from dramatiq_abort import Abort, Abortable, AbortMode, abort, abort_requested, backends
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+REFERENCE = ROOT.parent / "shared" / "spec" / "dramatiq-abort-reference.txt"
+
+#: Seconds any one wait of these tests may take before it fails.
+WAIT = 15.0
+#: The reference backend's server and key prefix: RedisBackend() defaults.
+REFERENCE_REDIS = "redis://localhost:6379/0"
+REFERENCE_NAMESPACE = "dramatiq:aborts:"
+
+
+# -- watching what the worker does ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How the worker ended one message."""
+
+    skipped: bool
+    exception: BaseException | None
+    at: float  # time.monotonic()
+
+
+class Outcomes(Middleware):
+    """Record which messages were sent, started and ended, for the test thread to wait on.
+
+    Added after ``Abortable``, so a message counts as started only once
+    ``Abortable`` let it through.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.sent: list[str] = []
+        self.retries: list[tuple[str, int]] = []
+        self.started: set[str] = set()
+        self.ended: dict[str, Ending] = {}
+        self.settled: dict[str, str] = {}
+
+    def after_enqueue(self, broker: Broker, message: dramatiq.Message[Any], delay: int) -> None:
+        """Note a sent message, or a retry (an enqueue of a known id with a delay)."""
+        with self._cond:
+            if message.message_id in self.sent:
+                self.retries.append((message.message_id, delay))
+            else:
+                self.sent.append(message.message_id)
+            self._cond.notify_all()
+
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
+        """Note that the actor is about to run."""
+        with self._cond:
+            self.started.add(message.message_id)
+            self._cond.notify_all()
+
+    def after_process_message(
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: Any | None = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        """Note the exception the message ended with, if any."""
+        self._end(message.message_id, Ending(False, exception, time.monotonic()))
+
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
+        """Note that the worker skipped the message."""
+        self._end(message.message_id, Ending(True, None, time.monotonic()))
+
+    def after_ack(self, broker: Broker, message: MessageProxy) -> None:
+        """Note that the worker acknowledged the message: it is done with it."""
+        self._settle(message.message_id, "ack")
+
+    def after_nack(self, broker: Broker, message: MessageProxy) -> None:
+        """Note that the worker rejected the message: it failed and is dead-lettered."""
+        self._settle(message.message_id, "nack")
+
+    def _settle(self, message_id: str, how: str) -> None:
+        with self._cond:
+            self.settled[message_id] = how
+            self._cond.notify_all()
+
+    def _end(self, message_id: str, ending: Ending) -> None:
+        with self._cond:
+            self.ended[message_id] = ending
+            self._cond.notify_all()
+
+    def wait(self, predicate: Callable[[], bool], what: str) -> None:
+        """Wait until ``predicate()`` holds, or fail the test."""
+        with self._cond:
+            if not self._cond.wait_for(predicate, WAIT):
+                pytest.fail(f"timed out after {WAIT} s waiting for {what}")
+
+    def last_sent(self) -> str:
+        """The id of the latest message sent."""
+        with self._cond:
+            return self.sent[-1]
+
+    def wait_started(self, message_id: str) -> None:
+        """Wait until the message's actor is about to run."""
+        self.wait(lambda: message_id in self.started, f"message {message_id} to start")
+
+    def wait_ended(self, message_id: str) -> Ending:
+        """Wait until the worker is done with the message, and say how it ended."""
+        self.wait(lambda: message_id in self.ended, f"message {message_id} to end")
+        return self.ended[message_id]
+
+    def wait_settled(self, message_id: str) -> str:
+        """Wait until the worker acks or nacks the message; return ``"ack"`` or ``"nack"``."""
+        self.wait(lambda: message_id in self.settled, f"message {message_id} to be settled")
+        return self.settled[message_id]
+
+
+# -- running snippets --------------------------------------------------------------
+
+
+def is_abort_call(node: ast.stmt) -> bool:
+    """Whether a top-level statement is a call of ``abort(...)``."""
+    return (
+        isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Call)
+        and isinstance(node.value.func, ast.Name)
+        and node.value.func.id == "abort"
+    )
+
+
+def run_snippet(
+    source: str,
+    namespace: dict[str, Any],
+    *,
+    before_abort: Callable[[], None] | None = None,
+    filename: str = "<snippet>",
+) -> None:
+    """Run ``source`` in ``namespace`` statement by statement, pacing its ``abort()`` calls."""
+    for node in ast.parse(source, filename).body:
+        if before_abort is not None and is_abort_call(node):
+            before_abort()
+        exec(compile(ast.Module(body=[node], type_ignores=[]), filename, "exec"), namespace)
+
+
+def delete_keys_of(client: Any, namespace: str, message_ids: list[str]) -> None:
+    """Delete the keys under ``namespace`` naming one of ``message_ids``, and nothing else."""
+    for message_id in message_ids:
+        keys = list(client.scan_iter(match=f"{namespace}*{message_id}", count=1000))
+        if keys:
+            client.delete(*keys)
+
+
+class Env:
+    """A broker with ``Outcomes`` on it, the workers the test starts, and a namespace."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.outcomes = Outcomes()
+        self.workers: list[Worker] = []
+        self.namespace: dict[str, Any] = {"__name__": "docs_example"}
+        self.marks: dict[str, float] = {}
+
+    def watch(self) -> None:
+        """Add ``Outcomes`` to the broker (after the snippet's ``Abortable``)."""
+        self.broker.add_middleware(self.outcomes)
+
+    def start_worker(self) -> Worker:
+        """Start a worker on the broker."""
+        worker = Worker(self.broker, worker_threads=2, worker_timeout=50)
+        worker.start()
+        self.workers.append(worker)
+        return worker
+
+    def stop_workers(self) -> None:
+        """Stop every worker, waiting for their messages to finish."""
+        while self.workers:
+            self.workers.pop().stop()
+
+    def abortable(self) -> Abortable:
+        """The ``Abortable`` a snippet put on the broker."""
+        found = [m for m in self.broker.middleware if isinstance(m, Abortable)]
+        assert len(found) == 1, f"expected one Abortable on the broker, found {found}"
+        return found[0]
+
+    def close_backend(self) -> None:
+        """Close the Redis client of the snippet's backend, if it made one."""
+        for middleware in self.broker.middleware:
+            if isinstance(middleware, Abortable) and hasattr(middleware.backend, "client"):
+                middleware.backend.client.close()
+
+
+@pytest.fixture(params=["stub", "redis"])
+def env(request: pytest.FixtureRequest) -> Iterator[Env]:
+    """A fresh global broker of each kind; its workers are stopped at teardown."""
+    broker: Broker = request.getfixturevalue(f"{request.param}_broker")
+    assert dramatiq.get_broker() is broker
+    env = Env(broker)
+    yield env
+    env.stop_workers()
+    env.close_backend()
+
+
+# -- a child process that reports over TCP ------------------------------------------
+
+#: A child that connects to the test, says "up", sleeps ``argv[2]`` seconds,
+#: then says "finished"; on SIGINT it says "interrupted" and exits.
+CHILD = """
+import socket, sys, time
+conn = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+conn.sendall(b"up;")
+try:
+    time.sleep(float(sys.argv[2]))
+    conn.sendall(b"finished;")
+except KeyboardInterrupt:
+    conn.sendall(b"interrupted;")
+conn.close()
+"""
+
+
+class ChildListener:
+    """A loopback socket the child connects to: its messages are events to wait on."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.server.settimeout(WAIT)
+        self.port = self.server.getsockname()[1]
+        self.conn: socket.socket | None = None
+
+    def argv(self, seconds: float) -> list[str]:
+        """The command of a child that sleeps ``seconds`` unless interrupted."""
+        return [sys.executable, "-c", CHILD, str(self.port), str(seconds)]
+
+    def wait_up(self) -> None:
+        """Wait until the child has connected and said it is up."""
+        self.conn, _ = self.server.accept()
+        self.conn.settimeout(WAIT)
+        assert self.read_until_closed(stop_at=b"up;") == b"up;"
+
+    def read_until_closed(self, stop_at: bytes | None = None) -> bytes:
+        """Read what the child says until it exits (or says ``stop_at``)."""
+        assert self.conn is not None
+        data = b""
+        while stop_at is None or not data.endswith(stop_at):
+            chunk = self.conn.recv(64)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    def close(self) -> None:
+        """Close both sockets."""
+        if self.conn is not None:
+            self.conn.close()
+        self.server.close()
+
+
+@pytest.fixture
+def child_listener() -> Iterator[ChildListener]:
+    """A listener for one child process."""
+    listener = ChildListener()
+    yield listener
+    listener.close()
+
+
+# -- README.md -----------------------------------------------------------------------
+
+
+def readme_blocks() -> list[tuple[str, str]]:
+    """The README's Python blocks, each with the heading above it."""
+    blocks: list[tuple[str, str]] = []
+    heading, fenced = "", False
+    code: list[str] | None = None
+    for line in README.read_text(encoding="utf-8").splitlines():
+        if code is not None:
+            if line.strip() == "```":
+                blocks.append((heading, "\n".join(code) + "\n"))
+                code = None
+            else:
+                code.append(line)
+        elif line.startswith("```"):
+            if line.strip() == "```python":
+                code = []
+            else:
+                fenced = not fenced
+        elif not fenced and line.startswith("#"):
+            heading = line.lstrip("#").strip()
+    return blocks
+
+
+@pytest.fixture
+def readme_redis(redis_base_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Point the README's REDIS_URL at the tests' database; a client of it."""
+    import redis
+
+    url = f"{redis_base_url}/{BACKEND_DB}"
+    monkeypatch.setenv("REDIS_URL", url)
+    client = redis.Redis.from_url(url)
+    yield client
+    client.close()
+
+
+def test_readme_blocks_all_have_a_driver() -> None:
+    """Every Python block of the README is one that test_readme_runs drives."""
+    headings = [heading for heading, _ in readme_blocks()]
+    assert headings == list(README_DRIVERS)
+
+
+def test_readme_runs(
+    env: Env,
+    readme_redis: Any,
+    capsys: pytest.CaptureFixture[str],
+    child_listener: ChildListener,
+) -> None:
+    """The README's snippets run in order and do what the text around them says."""
+    try:
+        for heading, code in readme_blocks():
+            driver = README_DRIVERS.get(heading)
+            assert driver is not None, f"no test drives the README block under {heading!r}"
+            driver(env, code, capsys, child_listener)
+    finally:
+        env.stop_workers()
+        delete_keys_of(readme_redis, REFERENCE_NAMESPACE, env.outcomes.sent)
+
+
+ReadmeDriver = Callable[[Env, str, pytest.CaptureFixture[str], ChildListener], None]
+
+
+def drive_setup(env: Env, code: str, capsys: Any, child: ChildListener) -> None:
+    """Set up: the broker gets an Abortable on a RedisBackend from REDIS_URL."""
+    run_snippet(code, env.namespace, filename="README: Set up")
+    backend = env.abortable().backend
+    assert isinstance(backend, backends.RedisBackend)
+    assert backend.client.connection_pool.connection_kwargs["db"] == BACKEND_DB
+    env.watch()
+
+
+def drive_abort(env: Env, code: str, capsys: Any, child: ChildListener) -> None:
+    """Abort a message: the running actor catches Abort, cleans up, and the message fails."""
+
+    def running() -> None:
+        env.start_worker()
+        env.outcomes.wait_started(env.outcomes.last_sent())
+
+    run_snippet(code, env.namespace, before_abort=running, filename="README: Abort")
+    message_id = env.namespace["message"].message_id
+    assert isinstance(env.outcomes.wait_ended(message_id).exception, Abort)
+    assert env.outcomes.wait_settled(message_id) == "nack"  # failed, not retried
+    assert "crunch: aborted, cleaning up" in capsys.readouterr().out
+
+
+def drive_cancel(env: Env, code: str, capsys: Any, child: ChildListener) -> None:
+    """Cancel a queued message: a worker that starts later skips it; the actor never runs."""
+    env.stop_workers()  # so the message is still queued when it is cancelled
+    run_snippet(code, env.namespace, filename="README: Cancel")
+    message_id = env.namespace["message"].message_id
+    env.start_worker()
+    assert env.outcomes.wait_ended(message_id).skipped
+    assert env.outcomes.wait_settled(message_id) == "nack"
+    assert message_id not in env.outcomes.started
+
+
+def drive_graceful(env: Env, code: str, capsys: Any, child: ChildListener) -> None:
+    """Stop gracefully: the actor sees abort_requested() and returns well before the deadline."""
+
+    def running() -> None:
+        env.outcomes.wait_started(env.outcomes.last_sent())
+        env.marks["abort"] = time.monotonic()
+
+    run_snippet(code, env.namespace, before_abort=running, filename="README: Graceful")
+    message_id = env.namespace["message"].message_id
+    ending = env.outcomes.wait_ended(message_id)
+    assert not ending.skipped
+    assert ending.exception is None
+    assert ending.at - env.marks["abort"] < 2.0
+    assert env.outcomes.wait_settled(message_id) == "ack"
+    assert re.search(r"export: stopping cleanly after \d+ rows", capsys.readouterr().out)
+
+
+def drive_subprocess(env: Env, code: str, capsys: Any, child: ChildListener) -> None:
+    """The migration's subprocess recipe: an abort interrupts the child and ends with Abort."""
+    run_snippet(code, env.namespace, filename="README: Migrating")
+    message = env.namespace["run_command"].send(child.argv(seconds=WAIT * 2))
+    child.wait_up()
+    env.outcomes.wait_started(message.message_id)
+    abort(message.message_id)
+    assert isinstance(env.outcomes.wait_ended(message.message_id).exception, Abort)
+    assert env.outcomes.wait_settled(message.message_id) == "nack"
+    assert child.read_until_closed() == b"interrupted;"
+
+
+README_DRIVERS: dict[str, ReadmeDriver] = {
+    "Set up": drive_setup,
+    "Abort a message": drive_abort,
+    "Cancel a queued message": drive_cancel,
+    "Stop gracefully": drive_graceful,
+    "Migrating from 1.x": drive_subprocess,
+}
+
+
+# -- the reference contract ------------------------------------------------------------
+
+#: The reference's sections that hold examples, in order, and the section after them.
+EXAMPLE_SECTIONS = [
+    "Configuring dramatiq-abort",
+    "Abort a task",
+    "Gracefully aborting tasks",
+    "Abort a task using a custom abort_ttl value",
+    "Abort a task running a subprocess",
+]
+AFTER_EXAMPLES = "API"
+#: The one fix the reference's examples need.
+TYPO, FIX = "get_broker.add_middleware", "get_broker().add_middleware"
+
+
+def is_code(paragraph: str) -> bool:
+    """Whether a paragraph of the reference is Python (its prose does not parse)."""
+    try:
+        compile(paragraph, "<paragraph>", "exec")
+    except SyntaxError:
+        return False
+    return True
+
+
+def reference_examples(text: str) -> dict[str, str]:
+    """The example of each example section of the reference, with the one fix applied."""
+    lines = text.replace(TYPO, FIX).splitlines()
+    starts = []
+    for title in [*EXAMPLE_SECTIONS, AFTER_EXAMPLES]:
+        found = [i for i, line in enumerate(lines) if line.strip() == title]
+        assert found, f"the reference has no section titled {title!r}"
+        starts.append(found[0])
+    examples = {}
+    for title, start, end in zip(EXAMPLE_SECTIONS, starts, starts[1:], strict=False):
+        paragraphs = "\n".join(lines[start + 1 : end]).split("\n\n")
+        code = [p.strip("\n") for p in paragraphs if p.strip() and is_code(p)]
+        assert code, f"the reference section {title!r} has no example"
+        examples[title] = "\n\n".join(code) + "\n"
+    return examples
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict[str, str]:
+    """The reference's examples, or a skip when the reference is not beside the repository."""
+    if not REFERENCE.is_file():
+        pytest.skip(f"the reference contract is not at {REFERENCE}")
+    text = REFERENCE.read_text(encoding="utf-8")
+    assert text.count(TYPO) <= 1
+    return reference_examples(text)
+
+
+@pytest.fixture
+def reference_redis() -> Iterator[Any]:
+    """A client of the Redis the reference's ``RedisBackend()`` uses."""
+    redis = pytest.importorskip("redis")
+    client = redis.Redis.from_url(REFERENCE_REDIS, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        client.close()
+        require(False, f"the reference's RedisBackend() needs Redis on localhost:6379: {exc}")
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def ref(env: Env, reference: dict[str, str], reference_redis: Any) -> Iterator[Env]:
+    """``env`` configured by the reference's configuration example, with its names provided."""
+    env.namespace.update(
+        dramatiq=dramatiq,
+        abort=abort,
+        abort_requested=abort_requested,
+        Abort=Abort,
+        AbortMode=AbortMode,
+        sleep=time.sleep,
+        subprocess=subprocess,
+        signal=signal,
+    )
+    run_snippet(
+        reference["Configuring dramatiq-abort"], env.namespace, filename="reference: configuring"
+    )
+    env.watch()
+    yield env
+    env.stop_workers()
+    delete_keys_of(reference_redis, REFERENCE_NAMESPACE, env.outcomes.sent)
+
+
+def test_reference_examples_found(reference: dict[str, str]) -> None:
+    """Each example section of the reference yields the example its text describes."""
+    assert FIX in reference["Configuring dramatiq-abort"]
+    assert "abort(message_id, mode=AbortMode.CANCEL)" in reference["Abort a task"]
+    assert "abort_requested()" in reference["Gracefully aborting tasks"]
+    assert "abort_ttl=2*60*60*1000" in reference["Abort a task using a custom abort_ttl value"]
+    assert "process.signal(signal.SIGINT)" in reference["Abort a task running a subprocess"]
+    for example in reference.values():
+        assert "•" not in example  # no prose came along
+
+
+def test_reference_configuring(ref: Env) -> None:
+    """The configuration example puts an Abortable on a RedisBackend at localhost:6379/0."""
+    backend = ref.abortable().backend
+    assert isinstance(backend, backends.RedisBackend)
+    assert backend.namespace == REFERENCE_NAMESPACE
+    kwargs = backend.client.connection_pool.connection_kwargs
+    assert (kwargs["host"], kwargs["port"], kwargs["db"]) == ("localhost", 6379, 0)
+    assert ref.abortable().abort_ttl == 90_000
+
+
+def test_reference_abort_a_task(ref: Env, reference: dict[str, str]) -> None:
+    """Aborting, then cancelling, a queued message makes the worker skip it."""
+    run_snippet(reference["Abort a task"], ref.namespace, filename="reference: abort a task")
+    message_id = ref.namespace["message_id"]
+    ref.start_worker()
+    assert ref.outcomes.wait_ended(message_id).skipped
+    assert ref.outcomes.wait_settled(message_id) == "nack"
+    assert message_id not in ref.outcomes.started
+
+
+def test_reference_gracefully_aborting(ref: Env, reference: dict[str, str]) -> None:
+    """The graceful example's actor sees abort_requested() and breaks out before the timeout."""
+
+    def running() -> None:
+        ref.outcomes.wait_started(ref.outcomes.last_sent())
+        ref.marks["abort"] = time.monotonic()
+
+    ref.start_worker()
+    run_snippet(
+        reference["Gracefully aborting tasks"],
+        ref.namespace,
+        before_abort=running,
+        filename="reference: gracefully aborting",
+    )
+    ending = ref.outcomes.wait_ended(ref.namespace["message"].message_id)
+    assert not ending.skipped
+    assert ending.exception is None
+    assert ending.at - ref.marks["abort"] < 2.0  # abort_timeout=2000: it stopped on its own
+    assert ref.outcomes.wait_settled(ref.namespace["message"].message_id) == "ack"
+
+
+def test_reference_custom_abort_ttl(
+    ref: Env, reference: dict[str, str], reference_redis: Any
+) -> None:
+    """The request for a message delayed by an hour outlives the delay (TTL two hours)."""
+    ref.start_worker()
+    run_snippet(
+        reference["Abort a task using a custom abort_ttl value"],
+        ref.namespace,
+        filename="reference: abort_ttl",
+    )
+    message_id = ref.namespace["message_id"]
+    keys = list(reference_redis.scan_iter(match=f"{REFERENCE_NAMESPACE}*{message_id}"))
+    assert len(keys) == 1
+    ttl = reference_redis.pttl(keys[0])
+    assert 60 * 60 * 1000 < ttl <= 2 * 60 * 60 * 1000
+    assert message_id not in ref.outcomes.started
+
+
+def test_reference_subprocess_example_is_broken(
+    ref: Env, reference: dict[str, str], child_listener: ChildListener
+) -> None:
+    """The subprocess example, aborted, ends with AttributeError; its child is never signalled."""
+    ref.namespace["args"] = (child_listener.argv(seconds=1.5),)
+    ref.namespace["kwargs"] = {}
+    ref.start_worker()
+    run_snippet(
+        reference["Abort a task running a subprocess"],
+        ref.namespace,
+        filename="reference: subprocess",
+    )
+    message = ref.namespace["my_subprocess"].send()
+    child_listener.wait_up()
+    abort(message.message_id)
+    # Popen has no .signal(): the handler itself fails, the child runs to its
+    # end (leaving the with block waits for it), and the error is retried.
+    assert child_listener.read_until_closed() == b"finished;"
+    ending = ref.outcomes.wait_ended(message.message_id)
+    assert isinstance(ending.exception, AttributeError)
+    assert "'Popen' object has no attribute 'signal'" in str(ending.exception)
+    assert isinstance(ending.exception.__context__, Abort)
+    ref.outcomes.wait(
+        lambda: any(mid == message.message_id for mid, _ in ref.outcomes.retries),
+        "dramatiq to schedule a retry",
+    )
+    assert ref.outcomes.wait_settled(message.message_id) == "ack"  # done; the retry is queued

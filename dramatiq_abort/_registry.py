@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import heapq
 import itertools
+import logging
 import sys
 import threading
 import time
@@ -33,6 +34,8 @@ from typing import Any, Generic, TypeVar
 from . import _interrupt
 from ._request import AbortMode, AbortRequest
 from .exceptions import Abort
+
+_logger = logging.getLogger("dramatiq_abort")
 
 PENDING, STARTED, ENTERED, LEFT = range(4)
 #: Outcomes of a delivery attempt.
@@ -47,17 +50,21 @@ class _Running:
     __slots__ = (
         "checked",
         "deadline",
+        "default_grace_ms",
         "delivered",
         "depth",
         "fired",
+        "held",
+        "hooks",
         "message_id",
         "request",
         "retries",
+        "shield_depth",
         "state",
         "thread_id",
     )
 
-    def __init__(self, message_id: str, thread_id: int) -> None:
+    def __init__(self, message_id: str, thread_id: int, default_grace_ms: int = 0) -> None:
         self.message_id = message_id
         self.thread_id = thread_id
         self.state = PENDING
@@ -68,6 +75,10 @@ class _Running:
         self.depth = 0  # nested calls of guarded functions in this message
         self.retries = 0  # deliveries put off while the thread was in the guard itself
         self.checked = False  # whether the backend was asked before the message started
+        self.default_grace_ms = default_grace_ms  # the actor's grace, for requests without one
+        self.shield_depth = 0  # open shielded scopes: delivery is held back while > 0
+        self.held = False  # an Abort came due inside a shield
+        self.hooks: list[Callable[[], None]] = []  # run (watcher side) when Abort is delivered
 
     def __repr__(self) -> str:
         return f"<_Running {self.message_id!r} state={self.state} deadline={self.deadline}>"
@@ -83,9 +94,9 @@ class Registry:
 
     # -- worker thread side -------------------------------------------------
 
-    def register(self, message_id: str) -> _Running:
+    def register(self, message_id: str, default_grace_ms: int = 0) -> _Running:
         """Register the message the calling thread is about to process."""
-        entry = _Running(message_id, threading.get_ident())
+        entry = _Running(message_id, threading.get_ident(), default_grace_ms)
         with self._lock:
             self._by_id[message_id] = entry
             self._by_thread[entry.thread_id] = entry
@@ -172,15 +183,17 @@ class Registry:
                 return None
             if request.mode is AbortMode.CANCEL:
                 return None
-            deadline = time.monotonic() + request.grace_seconds()
+            deadline = time.monotonic() + request.grace_seconds(entry.default_grace_ms)
             if entry.deadline is not None and entry.deadline <= deadline:
                 return None
             if entry.request is None or entry.request.mode is AbortMode.CANCEL:
                 entry.request = request
             entry.deadline = deadline
-            if self._deliver_locked(entry) == DELIVERED:
-                return None
-            return entry
+            delivered = self._deliver_locked(entry) == DELIVERED
+        if delivered:
+            self.run_hooks(entry)
+            return None
+        return entry
 
     def deliver(self, entry: _Running) -> int:
         """Raise ``Abort`` in the entry's thread if its deadline has come.
@@ -192,7 +205,18 @@ class Registry:
 
         """
         with self._lock:
-            return self._deliver_locked(entry)
+            outcome = self._deliver_locked(entry)
+        if outcome == DELIVERED:
+            self.run_hooks(entry)
+        return outcome
+
+    def run_hooks(self, entry: _Running) -> None:
+        """Run the entry's delivery hooks (they must not block)."""
+        for hook in list(entry.hooks):
+            try:
+                hook()
+            except Exception:
+                _logger.exception("An abort hook of message %s failed.", entry.message_id)
 
     def _deliver_locked(self, entry: _Running) -> int:
         if entry.delivered or entry.deadline is None or entry.deadline > time.monotonic():
@@ -203,12 +227,47 @@ class Registry:
         # called and just after it returned, while the thread runs the guard's
         # own code; an exception raised there would hit a message whose code
         # already finished. Look where the thread is, and try again shortly.
+        if entry.shield_depth:
+            entry.held = True  # raised by shield_exit, when the critical section ends
+            return NOTHING
         frame = sys._current_frames().get(entry.thread_id)
         if frame is not None and frame.f_code in _TRANSIT_CODES:
             entry.retries += 1
             return RETRY
         entry.delivered = _interrupt.raise_in_thread(entry.thread_id, Abort)
         return DELIVERED if entry.delivered else NOTHING
+
+    # -- scopes --------------------------------------------------------------
+
+    def abort_now(self, entry: _Running) -> None:
+        """Raise ``Abort`` in the calling (entry's own) thread if an abort was requested."""
+        with self._lock:
+            if entry.deadline is None or entry.delivered or entry.state != ENTERED:
+                return
+            entry.delivered = entry.fired = True
+        raise Abort()
+
+    def shield_enter(self, entry: _Running) -> None:
+        """Hold back deliveries until the matching :meth:`shield_exit`."""
+        with self._lock:
+            entry.shield_depth += 1
+
+    def shield_exit(self, entry: _Running) -> None:
+        """End a shield; raise the ``Abort`` that came due inside it, if any."""
+        with self._lock:
+            entry.shield_depth -= 1
+            due = (
+                entry.shield_depth == 0
+                and entry.held
+                and not entry.delivered
+                and entry.state == ENTERED
+            )
+            if due:
+                entry.held = False
+                entry.delivered = entry.fired = True
+        if due:
+            self.run_hooks(entry)
+            raise Abort()
 
     def remaining_ms(self, entry: _Running) -> float | None:
         """Milliseconds until ``Abort`` is due, or ``None`` without a request."""

@@ -82,13 +82,37 @@ def key_for(message_id: str) -> str:
     return KEY_PREFIX + message_id
 
 
+class _DefaultGrace(int):
+    """The ``abort_timeout`` default of :func:`abort`: 0, unless the actor sets a grace.
+
+    It is the integer 0 (so signatures read ``abort_timeout=0`` as in 1.x), but
+    being this object tells the worker the caller did not choose a grace, so
+    the actor's own (``@abortable_actor(timeout=...)``) applies.
+    """
+
+    def __repr__(self) -> str:
+        return "0"
+
+
+#: The ``abort_timeout`` default: "the actor's grace, or none".
+DEFAULT_GRACE = _DefaultGrace(0)
+
+
+def grace_ms(value: object) -> int | None:
+    """Return an ``abort_timeout`` argument as milliseconds, ``None`` for the default."""
+    if value is DEFAULT_GRACE:
+        return None
+    return to_ms(value, "abort_timeout")
+
+
 @dataclass(frozen=True)
 class AbortRequest:
     """One request to abort one message, as the worker sees it."""
 
     message_id: str
     mode: AbortMode
-    abort_timeout: int
+    #: Milliseconds of grace; ``None``: the actor's own grace (or none).
+    abort_timeout: int | None
     requested_at: float | None
 
     def to_event(self) -> Event:
@@ -99,7 +123,7 @@ class AbortRequest:
         return Event(key_for(self.message_id), params)
 
     @classmethod
-    def create(cls, message_id: str, mode: AbortMode, abort_timeout: int) -> AbortRequest:
+    def create(cls, message_id: str, mode: AbortMode, abort_timeout: int | None) -> AbortRequest:
         """Build a request stamped with the current wall-clock time."""
         return cls(message_id, mode, abort_timeout, time.time() * 1000)
 
@@ -116,7 +140,8 @@ class AbortRequest:
             if not message_id:
                 raise ValueError("empty message id")
             mode = coerce_mode(params.get("mode", "abort"))
-            timeout = to_ms(params.get("abort_timeout", 0), "abort_timeout")
+            raw_timeout = params.get("abort_timeout", 0)
+            timeout = None if raw_timeout is None else to_ms(raw_timeout, "abort_timeout")
             requested_at = params.get("requested_at")
             if requested_at is not None and (
                 isinstance(requested_at, bool) or not isinstance(requested_at, (int, float))
@@ -127,14 +152,15 @@ class AbortRequest:
             return None
         return cls(message_id, mode, timeout, requested_at)
 
-    def grace_seconds(self) -> float:
+    def grace_seconds(self, default_ms: int = 0) -> float:
         """Seconds of grace left now, counting from when the request was made.
 
-        The wall-clock correction is clamped to ``[0, abort_timeout]`` so a
-        skewed clock can shorten transit time but never invent or remove
+        ``default_ms`` is the actor's own grace, used when the request did not
+        choose one.  The wall-clock correction is clamped to ``[0, grace]`` so
+        a skewed clock can shorten transit time but never invent or remove
         more grace than was asked for.
         """
-        grace = float(self.abort_timeout)
+        grace = float(default_ms if self.abort_timeout is None else self.abort_timeout)
         if self.requested_at is not None:
             elapsed = time.time() * 1000 - self.requested_at
             grace = max(0.0, min(grace, grace - max(0.0, elapsed)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dramatiq
 
-from ._request import AbortMode, Duration
+from ._request import DEFAULT_GRACE, AbortMode, Duration
 from .exceptions import MiddlewareMissingError
 from .middleware import Abortable
 
@@ -34,7 +34,7 @@ def abort(
     middleware: Abortable | None = None,
     abort_ttl: Duration | None = None,
     mode: AbortMode | str = AbortMode.ABORT,
-    abort_timeout: Duration = 0,
+    abort_timeout: Duration = DEFAULT_GRACE,
 ) -> None:
     """Abort a pending or running message given its ``message_id``.
 
@@ -51,6 +51,8 @@ def abort(
         abort_timeout: With ``ABORT``, milliseconds (or a ``timedelta``)
             of grace: the running message sees the countdown through
             :func:`abort_requested` and gets ``Abort`` when it runs out.
+            Left out, the actor's own grace applies (its ``abort_timeout``
+            option, as set by ``@abortable_actor(timeout=...)``), else none.
 
     Raises:
         MiddlewareMissingError: No ``Abortable`` is on the broker.

@@ -13,11 +13,13 @@ from dramatiq.worker import Worker
 
 from ._registry import REGISTRY, _Guarded, _Running
 from ._request import (
+    DEFAULT_GRACE,
     AbortMode,
     AbortRequest,
     Duration,
     check_message_id,
     coerce_mode,
+    grace_ms,
     key_for,
     to_ms,
 )
@@ -36,7 +38,9 @@ class Abortable(Middleware):
 
     It adds an ``abortable`` option to actors and to ``send_with_options``;
     the message's value wins over the actor's, which wins over this
-    middleware's default.
+    middleware's default.  It also adds an ``abort_timeout`` actor option:
+    the grace (ms or ``timedelta``) an abort gives this actor's messages when
+    :func:`~dramatiq_abort.abort` is called without one.
 
     Args:
         backend: Event backend that carries requests from clients to
@@ -83,8 +87,8 @@ class Abortable(Middleware):
 
     @property
     def actor_options(self) -> set[str]:
-        """The ``abortable`` option this middleware adds to actors."""
-        return {"abortable"}
+        """The ``abortable`` and ``abort_timeout`` options this middleware adds to actors."""
+        return {"abortable", "abort_timeout"}
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -107,6 +111,11 @@ class Abortable(Middleware):
         self._prepare(actor)
 
     def _prepare(self, actor: dramatiq.Actor[Any, Any]) -> None:
+        grace = actor.options.get("abort_timeout")
+        if grace is not None:
+            actor.options["abort_timeout"] = to_ms(
+                grace, f"abort_timeout of actor {actor.actor_name!r}"
+            )
         # The guard confines delivery to the actor's own code; listing Abort
         # in ``throws`` makes Retries fail the message instead of retrying it
         # and makes the worker log one line instead of a traceback.
@@ -134,7 +143,7 @@ class Abortable(Middleware):
             return
         # Register first, then look: a request announced in between is
         # recorded on the entry by the watcher, so none falls in the gap.
-        entry = self._registry.register(message.message_id)
+        entry = self._registry.register(message.message_id, actor.options.get("abort_timeout") or 0)
         if self._watcher.healthy or not self._watcher.running:
             entry.checked = self._check_backend(entry)
         if not self._registry.start(entry):
@@ -194,7 +203,7 @@ class Abortable(Middleware):
         message_id: str,
         abort_ttl: Duration | None = None,
         mode: AbortMode | str = AbortMode.ABORT,
-        abort_timeout: Duration = 0,
+        abort_timeout: Duration = DEFAULT_GRACE,
     ) -> None:
         """Request the abort of a message; see :func:`dramatiq_abort.abort`."""
         message_id = check_message_id(message_id)
@@ -202,7 +211,7 @@ class Abortable(Middleware):
         ttl = (
             self.abort_ttl if abort_ttl is None else to_ms(abort_ttl, "abort_ttl", allow_zero=False)
         )
-        timeout = to_ms(abort_timeout, "abort_timeout")
+        timeout = grace_ms(abort_timeout)
         request = AbortRequest.create(message_id, mode, timeout)
         try:
             self.backend.notify([request.to_event()], ttl)

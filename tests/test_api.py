@@ -126,7 +126,12 @@ def test_explicit_middleware_is_used(stub_broker: StubBroker) -> None:
     abort("id", middleware=middleware, mode="cancel")
     event = middleware.backend.poll("abort:id")
     assert event is not None
-    assert (event.params["mode"], event.params["abort_timeout"]) == ("cancel", 0)
+    # No abort_timeout given: the worker applies the actor's own grace, if any.
+    assert (event.params["mode"], event.params["abort_timeout"]) == ("cancel", None)
+    abort("id2", middleware=middleware, abort_timeout=0)
+    event = middleware.backend.poll("abort:id2")
+    assert event is not None
+    assert event.params["abort_timeout"] == 0
 
 
 def test_abort_requested_outside_a_message_is_none(abortable: Abortable) -> None:

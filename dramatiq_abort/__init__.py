@@ -10,10 +10,12 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import backends
 from ._request import AbortMode
+from .actors import abortable_actor
 from .api import abort, abort_requested
 from .events import Event, EventBackend
 from .exceptions import Abort, BackendUnavailableError, DramatiqAbortError, MiddlewareMissingError
 from .middleware import Abortable
+from .scope import AbortScope, abort_scope, current_scope
 
 try:
     __version__ = version("dramatiq-abort")
@@ -23,6 +25,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 __all__ = [
     "Abort",
     "AbortMode",
+    "AbortScope",
     "Abortable",
     "BackendUnavailableError",
     "DramatiqAbortError",
@@ -31,5 +34,8 @@ __all__ = [
     "MiddlewareMissingError",
     "abort",
     "abort_requested",
+    "abort_scope",
+    "abortable_actor",
     "backends",
+    "current_scope",
 ]

@@ -164,8 +164,8 @@ class Registry:
 
     # -- watcher side --------------------------------------------------------
 
-    def request(self, request: AbortRequest) -> _Running | None:
-        """Apply a request to the matching local message.
+    def request(self, request: AbortRequest, *, live: bool = True) -> _Running | None:
+        """Apply a request (``live``: just announced, else read back) to the local message.
 
         Returns:
             The entry when its deadline lies in the future and must be
@@ -183,7 +183,7 @@ class Registry:
                 return None
             if request.mode is AbortMode.CANCEL:
                 return None
-            deadline = time.monotonic() + request.grace_seconds(entry.default_grace_ms)
+            deadline = time.monotonic() + request.grace_seconds(entry.default_grace_ms, live=live)
             if entry.deadline is not None and entry.deadline <= deadline:
                 return None
             if entry.request is None or entry.request.mode is AbortMode.CANCEL:

@@ -152,16 +152,19 @@ class AbortRequest:
             return None
         return cls(message_id, mode, timeout, requested_at)
 
-    def grace_seconds(self, default_ms: int = 0) -> float:
-        """Seconds of grace left now, counting from when the request was made.
+    def grace_seconds(self, default_ms: int = 0, *, live: bool = True) -> float:
+        """Seconds of grace left now.
 
-        ``default_ms`` is the actor's own grace, used when the request did not
-        choose one.  The wall-clock correction is clamped to ``[0, grace]`` so
-        a skewed clock can shorten transit time but never invent or remove
-        more grace than was asked for.
+        A ``live`` request (just announced) gets its whole grace from now: it
+        left the client a moment ago, so ``Abort`` comes ``abort_timeout``
+        after ``abort()`` returned, never before.  A request read back later
+        (after a reconnect) counts from when it was made; that wall-clock
+        correction is clamped to ``[0, grace]`` so a skewed clock can never
+        invent or remove more grace than was asked for.  ``default_ms`` is
+        the actor's own grace, used when the request did not choose one.
         """
         grace = float(default_ms if self.abort_timeout is None else self.abort_timeout)
-        if self.requested_at is not None:
+        if not live and self.requested_at is not None:
             elapsed = time.time() * 1000 - self.requested_at
             grace = max(0.0, min(grace, grace - max(0.0, elapsed)))
         return grace / 1000

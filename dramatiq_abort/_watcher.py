@@ -89,7 +89,7 @@ class Watcher:
                         "message, so it keeps running.",
                         request.message_id,
                     )
-            entry = self._registry.request(request)
+            entry = self._registry.request(request, live=not resync)
             if entry is not None:
                 self._timer.schedule(entry)
 

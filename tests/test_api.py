@@ -148,6 +148,8 @@ def test_abortable_rejects_bad_arguments() -> None:
         Abortable(backend=backends.StubBackend(), abortable=1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=re.escape("abort_ttl must be more than 0")):
         Abortable(backend=backends.StubBackend(), abort_ttl=0)
+    with pytest.raises(ValueError, match=re.escape("in (0, 1000], not 0")):
+        Abortable(backend=backends.StubBackend(), switch_interval_ms=0)
 
 
 def test_abort_with_an_unreachable_backend_raises_clearly(stub_broker: StubBroker) -> None:

@@ -129,3 +129,33 @@ def test_nested_actor_calls_stay_abortable(
     abort(message.message_id)
     join(stub_broker, outer.queue_name, worker)
     assert where == ["inner"]
+
+
+def test_switch_interval_is_lowered_while_a_worker_runs(stub_broker: StubBroker) -> None:
+    """The worker runs with a 1 ms switch interval, and the old one comes back at stop."""
+    import sys
+
+    before = sys.getswitchinterval()
+    stub_broker.add_middleware(Abortable(backend=backends.StubBackend()))
+    worker = Worker(stub_broker, worker_threads=1, worker_timeout=50)
+    worker.start()
+    try:
+        assert sys.getswitchinterval() == min(before, 0.001)
+    finally:
+        worker.stop()
+    assert sys.getswitchinterval() == before
+
+
+def test_switch_interval_none_leaves_it_alone(stub_broker: StubBroker) -> None:
+    """switch_interval_ms=None keeps the interpreter's own setting."""
+    import sys
+
+    before = sys.getswitchinterval()
+    middleware = Abortable(backend=backends.StubBackend(), switch_interval_ms=None)
+    stub_broker.add_middleware(middleware)
+    worker = Worker(stub_broker, worker_threads=1, worker_timeout=50)
+    worker.start()
+    try:
+        assert sys.getswitchinterval() == before
+    finally:
+        worker.stop()

@@ -26,8 +26,6 @@ _logger = logging.getLogger(__name__)
 
 #: Seconds to wait for Redis to confirm a subscription.
 _SUBSCRIBE_TIMEOUT = 5.0
-#: Messages read without blocking after the first one, per ``get`` call.
-_DRAIN = 256
 #: Client options :meth:`RedisBackend.from_url` sets unless the caller does.
 _URL_DEFAULTS: dict[str, Any] = {
     "socket_connect_timeout": 5,
@@ -89,15 +87,13 @@ class _RedisSubscription:
             raise
 
     def get(self, timeout: float) -> list[Event]:
+        # One read per call: every extra socket call releases the GIL, and a
+        # CPU-bound actor thread then keeps it for a whole switch interval
+        # before the watcher can deliver.  The next call reads what follows.
         message = self._pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
-        events: list[Event] = []
-        for _ in range(_DRAIN):
-            if message is None:
-                break
-            if message["type"] in ("message", b"message"):
-                events.extend(_decode_batch(message["data"]))
-            message = self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0)
-        return events
+        if message is None or message["type"] not in ("message", b"message"):
+            return []
+        return _decode_batch(message["data"])
 
     def close(self) -> None:
         try:

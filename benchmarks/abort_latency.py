@@ -1,0 +1,779 @@
+"""Measure how fast dramatiq-abort stops a running message, and what it costs Redis.
+
+What it measures, against real Redis on loopback:
+
+1. **Abort latency**: from the moment ``abort()`` *returns* to the moment
+   ``Abort`` is caught inside a running pure-Python, CPU-bound actor (the
+   actor takes ``time.monotonic()`` in ``except Abort:``; the clock is
+   ``CLOCK_MONOTONIC``, shared by all processes on Linux).  Three phases:
+   (a) abort sent as soon as the actor reports that it started, (b) at a
+   random moment in its first second, (c) in steady state, once it has run
+   for 1 to 1.5 s.  Two clients: one in another process (the realistic
+   case) and one in a thread of the worker process itself.
+2. **Graceful deadline**: with ``abort_timeout`` of 100, 500 and 2000 ms, the
+   time from ``abort()`` returning to ``Abort`` caught, and its error
+   against the deadline, counted from ``abort()`` returning and from the
+   call.
+3. **Redis commands** the middleware sends: per processed message (2,000
+   no-op messages, after 100 that open the connections) and from an idle
+   worker (over 5 s).
+
+It runs two worker processes in turn: one with CPython's default GIL switch
+interval (5 ms), one with ``sys.setswitchinterval(0.001)``.  The interval
+is how long the watcher thread waits for the GIL before the CPU-bound actor
+is made to hand it over, so it sets a floor under the latency.
+
+Setup: a ``RedisBroker`` on ``REDIS_URL`` (default ``redis://127.0.0.1:6379``),
+database 15, under a unique namespace; the event backend
+(``RedisBackend``) alone on a throwaway ``redis-server`` started here, so
+its ``INFO commandstats`` count only the middleware's commands; a
+``dramatiq.Worker`` with 2 threads in a child process.  At the end it
+deletes the keys it wrote and stops the throwaway server.
+
+Run it from the repository root::
+
+    python benchmarks/abort_latency.py
+    python benchmarks/abort_latency.py --samples 200   # tighter tails, ~4x longer
+
+It takes about 100 s.  Sample counts are in :data:`PLANS`: phase (c) and
+the extra configurations get fewer samples than phases (a) and (b), to keep
+to that time.  It exits 0 when it could measure, whether or not the targets
+were met (a missed target is a finding, listed at the end); 1 when Redis
+is unreachable.
+
+Note:
+    Percentiles are nearest-rank: below 100 samples, p99 is the largest
+    value, so read it as the worst case seen.  A latency below zero means
+    ``Abort`` was caught before ``abort()`` had returned: the announcement
+    reached the worker before the reply reached the client.  An actor that
+    never saw ``Abort`` counts as an infinite latency.  Columns of the
+    latency tables besides the percentiles: ``abort at``, median ms from
+    the actor's start to the ``abort()`` call; ``call``, median ms
+    ``abort()`` took; ``took``, seconds the row took.
+
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import math
+import multiprocessing
+import os
+import queue
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker
+
+from dramatiq_abort import Abort, Abortable, abort
+from dramatiq_abort.backends import RedisBackend
+
+#: Redis database of every key the benchmark writes.
+DB = 15
+WORKER_THREADS = 2
+#: How often an idle dramatiq consumer polls, in ms.  Lower than dramatiq's
+#: default (1000) so a new sample is picked up at once; dramatiq's own
+#: threads then wake ten times a second, one more thing the watcher
+#: competes with for the GIL.
+WORKER_TIMEOUT_MS = 100
+#: Seconds a spinning actor runs past its planned abort before giving up.
+SPIN_SPARE_S = 3.0
+#: Seconds to wait for any one event from the worker.
+EVENT_TIMEOUT_S = 10.0
+HOT_PATH_MESSAGES = 2000
+IDLE_SECONDS = 5.0
+#: Targets stated by the issue.
+LATENCY_P50_MS = 5.0
+LATENCY_P99_MS = 25.0
+DEADLINE_SLACK_MS = 25.0
+#: The phases of the latency measurement: label, and when to abort after
+#: the actor started (seconds).
+PHASES: dict[str, tuple[str, Callable[[], float]]] = {
+    "a": ("(a) just started", lambda: 0.0),
+    "b": ("(b) random, 1st s", lambda: random.uniform(0.0, 1.0)),
+    "c": ("(c) steady, 1-1.5 s", lambda: random.uniform(1.0, 1.5)),
+    "graceful": ("graceful, 20-100 ms", lambda: random.uniform(0.02, 0.1)),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the worker process connects, and how it is tuned."""
+
+    broker_url: str
+    backend_url: str
+    namespace: str
+    switch_interval: float | None = None
+
+    @property
+    def backend_namespace(self) -> str:
+        """Prefix of the event backend's keys and channel."""
+        return f"{self.namespace}:aborts:"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One abort of a spinning actor, all times in milliseconds."""
+
+    #: When ``abort()`` was called, counted from the actor's start.
+    offset_ms: float
+    #: How long ``abort()`` took.
+    call_ms: float
+    #: From ``abort()`` returning to ``Abort`` caught in the actor.
+    latency_ms: float
+
+
+class Inbox(Protocol):
+    """Where the actors' reports arrive: ``(kind, sample id, monotonic time)``."""
+
+    def get(self, timeout: float) -> tuple[str, int, float]:
+        """Return the next report; raise ``TimeoutError`` after ``timeout`` seconds."""
+
+
+class PipeInbox:
+    """Reports sent by a worker in another process."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def get(self, timeout: float) -> tuple[str, int, float]:
+        """Return the next report; raise ``TimeoutError`` after ``timeout`` seconds."""
+        if not self._conn.poll(timeout):
+            raise TimeoutError(f"no report from the worker in {timeout} s")
+        report: tuple[str, int, float] = self._conn.recv()
+        return report
+
+
+class QueueInbox:
+    """Reports from actors running in this process."""
+
+    def __init__(self) -> None:
+        self.queue: queue.SimpleQueue[tuple[str, int, float]] = queue.SimpleQueue()
+
+    def get(self, timeout: float) -> tuple[str, int, float]:
+        """Return the next report; raise ``TimeoutError`` after ``timeout`` seconds."""
+        try:
+            return self.queue.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"no report from the actor in {timeout} s") from None
+
+
+class Reporter:
+    """What the actors call to report; it can be pointed at a pipe or a queue."""
+
+    def __init__(self, target: Callable[[tuple[str, int, float]], None]) -> None:
+        self.target = target
+
+    def __call__(self, kind: str, sample: int) -> None:
+        """Report ``kind`` for ``sample``, stamped with ``time.monotonic()`` now."""
+        self.target((kind, sample, time.monotonic()))
+
+
+class Counter:
+    """A thread-safe count that can be waited on."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.value = 0
+
+    def add(self) -> None:
+        """Count one."""
+        with self._cond:
+            self.value += 1
+            self._cond.notify_all()
+
+    def wait_for(self, target: int, timeout: float) -> int:
+        """Wait until the count reaches ``target`` or ``timeout`` seconds pass."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.value >= target, timeout)
+            return self.value
+
+
+@dataclass
+class Actors:
+    """The benchmark's actors declared on one broker."""
+
+    spin: dramatiq.Actor[[int, float], None]
+    noop: dramatiq.Actor[[], None]
+    processed: Counter
+
+
+def declare_actors(broker: dramatiq.Broker, report: Reporter) -> Actors:
+    """Declare a CPU-bound actor that reports its start and its ``Abort``, and a no-op."""
+    processed = Counter()
+
+    @dramatiq.actor(broker=broker, actor_name="bench_spin", max_retries=0)
+    def spin(sample: int, limit_s: float) -> None:
+        """Do small arithmetic in pure Python until aborted or ``limit_s`` passes."""
+        started = time.monotonic()
+        x = 0
+        try:
+            # Inside the try: an abort sent the instant this report arrives
+            # can land before the call has returned.
+            report("started", sample)
+            while time.monotonic() - started < limit_s:
+                for _ in range(2000):
+                    x = (x * 1_103_515_245 + 12_345) & 0x7FFF_FFFF
+        except Abort:
+            report("caught", sample)
+            raise
+        report("finished", sample)
+
+    @dramatiq.actor(broker=broker, actor_name="bench_noop", max_retries=0)
+    def noop() -> None:
+        """Do nothing but count."""
+        processed.add()
+
+    return Actors(spin, noop, processed)
+
+
+def build_broker(settings: Settings, report: Reporter) -> tuple[RedisBroker, Actors]:
+    """Return a broker with the ``Abortable`` middleware on ``RedisBackend``, and its actors."""
+    broker = RedisBroker(url=settings.broker_url, namespace=settings.namespace)
+    backend = RedisBackend.from_url(settings.backend_url, namespace=settings.backend_namespace)
+    broker.add_middleware(Abortable(backend=backend))
+    dramatiq.set_broker(broker)
+    return broker, declare_actors(broker, report)
+
+
+# -- the measurement, run by whichever process holds the client ----------------
+
+
+def expect(inbox: Inbox, sample: int, kinds: tuple[str, ...]) -> tuple[str, float]:
+    """Wait for a report of one of ``kinds`` about ``sample``, dropping stale ones."""
+    deadline = time.monotonic() + EVENT_TIMEOUT_S
+    while True:
+        kind, about, at = inbox.get(max(0.0, deadline - time.monotonic()))
+        if about == sample and kind in kinds:
+            return kind, at
+
+
+def sleep_until(moment: float) -> None:
+    """Sleep until ``time.monotonic()`` reaches ``moment``."""
+    remaining = moment - time.monotonic()
+    if remaining > 0:
+        time.sleep(remaining)
+
+
+_sample_ids = iter(range(1, sys.maxsize))
+
+
+def measure(
+    actors: Actors, inbox: Inbox, phase: str, count: int, abort_timeout: int = 0
+) -> list[tuple[float, float, float]]:
+    """Abort ``count`` spinning actors one after another; return their timings.
+
+    Args:
+        actors: The actors, declared on this process's broker.
+        inbox: Where this process receives the actors' reports.
+        phase: A key of :data:`PHASES`: when to abort after the actor started.
+        count: How many samples.
+        abort_timeout: Passed to :func:`dramatiq_abort.abort`, in ms.
+
+    Returns:
+        ``(offset_ms, call_ms, latency_ms)`` per sample, plain tuples so they
+        pickle across processes.  An actor that ran to its end without
+        seeing ``Abort`` counts as an infinite latency.
+
+    """
+    delay = PHASES[phase][1]
+    timings = []
+    for _ in range(count):
+        sample = next(_sample_ids)
+        wait = delay()
+        message = actors.spin.send(sample, wait + abort_timeout / 1000 + SPIN_SPARE_S)
+        _, started = expect(inbox, sample, ("started",))
+        sleep_until(started + wait)
+        called = time.monotonic()
+        abort(message.message_id, abort_timeout=abort_timeout)
+        returned = time.monotonic()
+        kind, caught = expect(inbox, sample, ("caught", "finished"))
+        latency = (caught - returned) * 1000 if kind == "caught" else math.inf
+        timings.append(((called - started) * 1000, (returned - called) * 1000, latency))
+    return timings
+
+
+# -- the worker process ---------------------------------------------------------
+
+
+def worker_process(settings: Settings, events: Connection, control: Connection) -> None:
+    """Run a dramatiq worker and answer the parent's commands until told to stop.
+
+    Actors report to the parent over ``events``; ``control`` carries
+    commands and replies (``("ok", value)`` or ``("error", text)``):
+    ``("processed", n)`` waits for ``n`` no-op messages in all,
+    ``("measure", phase, count, abort_timeout)`` runs :func:`measure` with a
+    client in this process, ``("stop",)`` stops the worker.
+    """
+    if settings.switch_interval is not None:
+        sys.setswitchinterval(settings.switch_interval)
+    send_lock = threading.Lock()
+
+    def send_to_parent(report: tuple[str, int, float]) -> None:
+        with send_lock:  # two worker threads share the pipe
+            events.send(report)
+
+    reporter = Reporter(send_to_parent)
+    broker, actors = build_broker(settings, reporter)
+    worker = dramatiq.Worker(
+        broker, worker_threads=WORKER_THREADS, worker_timeout=WORKER_TIMEOUT_MS
+    )
+    worker.start()
+    control.send(("ok", sys.getswitchinterval()))
+    try:
+        while (command := control.recv())[0] != "stop":
+            try:
+                if command[0] == "processed":
+                    reply = actors.processed.wait_for(command[1], timeout=120)
+                else:
+                    inbox = QueueInbox()
+                    reporter.target = inbox.queue.put
+                    try:
+                        reply = measure(actors, inbox, *command[1:])
+                    finally:
+                        reporter.target = send_to_parent
+            except Exception as exc:
+                control.send(("error", f"{type(exc).__name__}: {exc}"))
+            else:
+                control.send(("ok", reply))
+    finally:
+        worker.stop()
+        broker.close()
+        control.send(("ok", None))
+
+
+class WorkerProcess:
+    """A worker in a child process, the pipes to it, and the parent's client."""
+
+    def __init__(self, settings: Settings, actors: Actors) -> None:
+        self.settings = settings
+        self.actors = actors
+        context = multiprocessing.get_context("spawn")
+        self._events, child_events = context.Pipe(duplex=False)
+        self._control, child_control = context.Pipe()
+        self.inbox = PipeInbox(self._events)
+        self._process = context.Process(
+            target=worker_process,
+            args=(settings, child_events, child_control),
+            name="bench-worker",
+            daemon=True,
+        )
+        self.switch_interval = 0.0
+
+    def __enter__(self) -> WorkerProcess:
+        self._process.start()
+        self.switch_interval = self._reply("start", 60)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        with contextlib.suppress(OSError, EOFError, RuntimeError):
+            self.call("stop", timeout=30)
+        self._process.join(10)
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(5)
+
+    def call(self, *command: Any, timeout: float = 300) -> Any:
+        """Send a command to the worker process and return its reply."""
+        self._control.send(command)
+        return self._reply(command[0], timeout)
+
+    def _reply(self, what: str, timeout: float) -> Any:
+        if not self._control.poll(timeout):
+            raise RuntimeError(f"the worker process did not answer {what!r} within {timeout} s")
+        status, value = self._control.recv()
+        if status != "ok":
+            raise RuntimeError(f"the worker process failed at {what!r}: {value}")
+        return value
+
+    def measure_remote(self, phase: str, count: int, abort_timeout: int = 0) -> list[Sample]:
+        """Measure with the client here, in another process than the worker."""
+        timings = measure(self.actors, self.inbox, phase, count, abort_timeout)
+        return [Sample(*t) for t in timings]
+
+    def measure_local(self, phase: str, count: int, abort_timeout: int = 0) -> list[Sample]:
+        """Measure with the client in a thread of the worker process."""
+        return [Sample(*t) for t in self.call("measure", phase, count, abort_timeout)]
+
+
+# -- Redis helpers ---------------------------------------------------------------
+
+
+def with_db(url: str, db: int) -> str:
+    """Return the Redis ``url`` pointed at database ``db``."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{db}"))
+
+
+def free_port() -> int:
+    """Return a loopback TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def throwaway_redis() -> Iterator[str]:
+    """Run a private ``redis-server`` without persistence; yield its URL."""
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="abort-bench-redis-") as workdir:
+        options = {
+            "port": port,
+            "bind": "127.0.0.1",
+            "dir": workdir,
+            "save": "",
+            "appendonly": "no",
+        }
+        process = subprocess.Popen(
+            [
+                binary,
+                *(arg for name, value in options.items() for arg in (f"--{name}", str(value))),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            client = redis.Redis(port=port, socket_connect_timeout=1)
+            for _ in range(100):
+                with contextlib.suppress(redis.ConnectionError):
+                    if client.ping():
+                        break
+                time.sleep(0.05)
+            else:
+                raise RuntimeError(f"{binary} did not answer on port {port}")
+            client.close()
+            yield f"redis://127.0.0.1:{port}"
+        finally:
+            process.terminate()
+            process.wait(10)
+
+
+def command_counts(client: redis.Redis) -> dict[str, int]:
+    """Return the calls of each command the server has run, from ``INFO commandstats``."""
+    stats = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(stat["calls"]) for name, stat in stats.items()}
+
+
+def count_commands(client: redis.Redis, during: Callable[[], None]) -> dict[str, int]:
+    """Return the commands the server ran while ``during()`` ran, without our ``INFO``."""
+    before = command_counts(client)
+    during()
+    after = command_counts(client)
+    delta = {name: calls - before.get(name, 0) for name, calls in after.items()}
+    return {name: calls for name, calls in sorted(delta.items()) if calls and name != "info"}
+
+
+def wait_subscribers(client: redis.Redis, channel: str, count: int) -> None:
+    """Wait until ``channel`` has ``count`` subscribers: the watcher is listening."""
+    for _ in range(200):
+        if dict(client.pubsub_numsub(channel)).get(channel.encode(), 0) >= count:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"no watcher subscribed to {channel!r} within 10 s")
+
+
+def delete_keys(client: redis.Redis, prefix: str) -> int:
+    """Delete the keys starting with ``prefix``; return how many."""
+    keys = list(client.scan_iter(match=prefix + "*", count=500))
+    for start in range(0, len(keys), 500):
+        client.delete(*keys[start : start + 500])
+    return len(keys)
+
+
+# -- reporting ---------------------------------------------------------------------
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Return the nearest-rank ``p``-th percentile of ``values``."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def say(text: str = "") -> None:
+    """Print a line at once, so progress shows while the benchmark runs."""
+    print(text, flush=True)
+
+
+def verdict(ok: bool) -> str:
+    """Return how a figure compares with its target."""
+    return "met" if ok else "MISSED"
+
+
+def latency_header(title: str) -> None:
+    """Print a latency table's title and column names."""
+    say()
+    say(title)
+    say(
+        f"  {'phase':<20} {'n':>4} {'p50':>7} {'p95':>7} {'p99':>7} {'max':>7} {'min':>7}  "
+        f"{'p50<=5':<6} {'p99<=25':<7}  {'abort at':>8} {'call':>5} {'took':>5}"
+    )
+
+
+def latency_row(label: str, samples: list[Sample], seconds: float) -> str | None:
+    """Print one phase's latencies, ms; return what missed its target, if anything.
+
+    Also printed: ``abort at``, the median time from the actor's start to the
+    ``abort()`` call; ``call``, the median duration of ``abort()``; ``took``,
+    the seconds the phase took.
+    """
+    values = [s.latency_ms for s in samples]
+    p50, p99 = percentile(values, 50), percentile(values, 99)
+    ok50, ok99 = p50 <= LATENCY_P50_MS, p99 <= LATENCY_P99_MS
+    lost = sum(math.isinf(v) for v in values)
+    say(
+        f"  {label:<20} {len(values):>4} {p50:>7.2f} {percentile(values, 95):>7.2f} "
+        f"{p99:>7.2f} {max(values):>7.2f} {min(values):>7.2f}  "
+        f"{verdict(ok50):<6} {verdict(ok99):<7}  "
+        f"{percentile([s.offset_ms for s in samples], 50):>8.2f} "
+        f"{percentile([s.call_ms for s in samples], 50):>5.2f} {seconds:>5.1f}"
+        + (f"  {lost} never aborted" if lost else "")
+    )
+    return None if ok50 and ok99 else f"p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+
+
+def deadline_header(title: str) -> None:
+    """Print the graceful deadline table's title and column names."""
+    say()
+    say(title)
+    say(
+        f"  {'timeout':>7} {'n':>3} {'min':>8} {'p50':>8} {'max':>8}  "
+        f"{'error from return':>17}  {'in [t, t+25]':<12}  {'error from call':>15}"
+    )
+
+
+def deadline_row(timeout: int, samples: list[Sample]) -> str | None:
+    """Print one ``abort_timeout``'s figures, ms; return what missed the target window, if any.
+
+    The error is printed twice: counted from ``abort()`` returning (the
+    target's definition) and from the call, when the request is stamped.
+    """
+    values = [s.latency_ms for s in samples]
+    from_call = [s.latency_ms + s.call_ms for s in samples]
+    low, high = min(values), max(values)
+    ok = timeout <= low and high <= timeout + DEADLINE_SLACK_MS
+    say(
+        f"  {timeout:>7} {len(values):>3} {low:>8.2f} {percentile(values, 50):>8.2f} "
+        f"{high:>8.2f}  {low - timeout:>+7.2f} .. {high - timeout:>+6.2f}  {verdict(ok):<12}  "
+        f"{min(from_call) - timeout:>+6.2f} .. {max(from_call) - timeout:>+6.2f}"
+    )
+    return None if ok else f"{low:.2f} .. {high:.2f} ms after abort() returned"
+
+
+def commands_text(counts: dict[str, int]) -> str:
+    """Return command counts as ``name=calls`` pairs, or ``none``."""
+    return ", ".join(f"{name}={calls}" for name, calls in counts.items()) or "none"
+
+
+# -- the run ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How many samples to take with one worker process, at ``--samples 50``."""
+
+    #: Samples per latency phase with the client in another process.
+    remote: dict[str, int]
+    #: Samples per latency phase with the client in the worker process.
+    local: dict[str, int]
+    #: Samples per ``abort_timeout`` (ms) of the graceful deadline.
+    graceful: dict[int, int]
+
+
+#: One plan per switch interval of the worker process (``None``: Python's
+#: default).  The counts fit the run in about 100 s: phase (c) costs
+#: over a second a sample and gets fewer; the client in the worker process
+#: only runs phases (a) and (b); the 1 ms interval gets fewer samples.
+PLANS: dict[float | None, Plan] = {
+    None: Plan(
+        remote={"a": 100, "b": 50, "c": 15},
+        local={"a": 30, "b": 8},
+        graceful={100: 6, 500: 8, 2000: 3},
+    ),
+    0.001: Plan(
+        remote={"a": 50, "b": 15, "c": 6},
+        local={"a": 20, "b": 5},
+        graceful={500: 5},
+    ),
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=50,
+        help="samples of phase (b) with the default switch interval, client in another "
+        "process; every other count scales with it (default: 50, about 100 s)",
+    )
+    args = parser.parse_args(argv)
+    if args.samples < 1:
+        parser.error(f"--samples must be 1 or more, not {args.samples}")
+    return args
+
+
+def measure_commands(worker: WorkerProcess, client: redis.Redis) -> list[str]:
+    """Count the commands an idle worker, then a busy one, sends the backend; print them."""
+    missed = []
+    say()
+    say("Redis commands sent by the middleware (INFO commandstats of the backend-only server)")
+    idle = count_commands(client, lambda: time.sleep(IDLE_SECONDS))
+    total = sum(idle.values())
+    ok = total <= IDLE_SECONDS
+    say(f"  idle worker, {IDLE_SECONDS:g} s: {total} ({commands_text(idle)})  {verdict(ok)}")
+    if not ok:
+        missed.append(f"idle worker: {total} commands in {IDLE_SECONDS:g} s")
+
+    sent = 0
+
+    def process(count: int) -> None:
+        nonlocal sent
+        for _ in range(count):
+            worker.actors.noop.send()
+        sent += count
+        done = worker.call("processed", sent)
+        if done < sent:
+            raise RuntimeError(f"the worker processed {done} of {sent} no-op messages")
+
+    warm_up = 100
+    cold = count_commands(client, lambda: process(warm_up))
+    say(
+        f"  first {warm_up} no-op messages: {sum(cold.values()) / warm_up:.3f} per message "
+        f"({commands_text(cold)}; includes opening the pool's connections)"
+    )
+    started = time.monotonic()
+    busy = count_commands(client, lambda: process(HOT_PATH_MESSAGES))
+    elapsed = time.monotonic() - started
+    per_message = sum(busy.values()) / HOT_PATH_MESSAGES
+    ok = per_message <= 1
+    say(
+        f"  next {HOT_PATH_MESSAGES} no-op messages ({elapsed:.1f} s): {per_message:.3f} "
+        f"per message ({commands_text(busy)})  {verdict(ok)}"
+    )
+    if not ok:
+        missed.append(f"hot path: {per_message:.3f} commands per message")
+    return missed
+
+
+def measure_latencies(worker: WorkerProcess, plan: Plan, scale: float, label: str) -> list[str]:
+    """Run the latency phases with each client; print them; return the missed targets."""
+    missed = []
+    for where, measure_with, counts in (
+        ("client in another process", worker.measure_remote, plan.remote),
+        ("client in the worker process", worker.measure_local, plan.local),
+    ):
+        latency_header(
+            f"Abort latency, ms from abort() returning to Abort caught ({where}, {label})"
+        )
+        for phase, count in counts.items():
+            started = time.monotonic()
+            samples = measure_with(phase, max(3, round(count * scale)))
+            miss = latency_row(PHASES[phase][0], samples, time.monotonic() - started)
+            if miss:
+                missed.append(f"latency {PHASES[phase][0]}, {where}, {label}: {miss}")
+    return missed
+
+
+def measure_deadlines(worker: WorkerProcess, plan: Plan, scale: float, label: str) -> list[str]:
+    """Abort with each ``abort_timeout``; print the figures; return the missed targets."""
+    missed = []
+    deadline_header(f"Graceful deadline, ms from abort() returning to Abort caught ({label})")
+    for timeout, count in plan.graceful.items():
+        samples = worker.measure_remote("graceful", max(3, round(count * scale)), timeout)
+        miss = deadline_row(timeout, samples)
+        if miss:
+            missed.append(f"graceful deadline, abort_timeout={timeout}, {label}: {miss}")
+    return missed
+
+
+def run(settings: Settings, backend_client: redis.Redis, samples: int) -> list[str]:
+    """Run every measurement, printing the figures; return the targets that were missed."""
+    broker, actors = build_broker(settings, Reporter(lambda _: None))  # actors run elsewhere
+    channel = settings.backend_namespace + "events"
+    scale = samples / 50
+    missed = []
+    try:
+        for switch_interval, plan in PLANS.items():
+            tuned = dataclasses.replace(settings, switch_interval=switch_interval)
+            with WorkerProcess(tuned, actors) as worker:
+                wait_subscribers(backend_client, channel, 1)
+                label = f"switch interval {worker.switch_interval * 1000:g} ms"
+                say()
+                say(f"=== Worker process, GIL {label} ===")
+                if switch_interval is None:
+                    missed += measure_commands(worker, backend_client)
+                missed += measure_latencies(worker, plan, scale, label)
+                missed += measure_deadlines(worker, plan, scale, label)
+    finally:
+        broker.close()
+    return missed
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print its figures."""
+    args = parse_args(argv)
+    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
+    broker_url = with_db(redis_url, DB)
+    namespace = f"dramatiq-abort-bench-{uuid.uuid4().hex[:12]}"
+    broker_client = redis.Redis.from_url(broker_url, socket_connect_timeout=5)
+    try:
+        broker_client.ping()
+    except redis.ConnectionError as exc:
+        say(f"Redis is not reachable at {broker_url} ({exc}): set REDIS_URL")
+        return 1
+
+    say("dramatiq-abort benchmark: abort latency, graceful deadlines, Redis commands")
+    say(
+        f"Python {sys.version.split()[0]}, dramatiq {dramatiq.__version__}, "
+        f"redis-py {redis.__version__}, {os.cpu_count()} CPUs"
+    )
+    say(
+        f"Broker: {broker_url}, namespace {namespace!r}; worker: {WORKER_THREADS} threads, "
+        f"worker_timeout={WORKER_TIMEOUT_MS} ms, in a child process"
+    )
+    started = time.monotonic()
+    with throwaway_redis() as server_url:
+        backend_client = redis.Redis.from_url(with_db(server_url, DB))
+        settings = Settings(broker_url, with_db(server_url, DB), namespace)
+        version = backend_client.info("server")["redis_version"]
+        say(f"Event backend: throwaway redis-server {version} at {settings.backend_url}")
+        deleted = 0
+        try:
+            missed = run(settings, backend_client, args.samples)
+        finally:
+            deleted += delete_keys(broker_client, namespace + ":")
+            deleted += delete_keys(backend_client, settings.backend_namespace)
+            backend_client.close()
+            broker_client.close()
+
+    say()
+    say(f"Done in {time.monotonic() - started:.0f} s; deleted the {deleted} keys it wrote.")
+    if missed:
+        say(f"Targets missed ({len(missed)}):")
+        for line in missed:
+            say(f"  - {line}")
+    else:
+        say("Every target was met.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -44,3 +44,10 @@ def demo(session: nox.Session) -> None:
     """Run the demo on the in-memory backend (no server needed)."""
     session.install(".")
     session.run("python", "-m", "dramatiq_abort", "demo")
+
+
+@nox.session
+def recipes(session: nox.Session) -> None:
+    """Run every recipe in recipes/, in memory and on Redis, through tests/test_recipes.py."""
+    session.install(".[redis]", *_group("tests"))
+    session.run("pytest", "tests/test_recipes.py", *session.posargs)

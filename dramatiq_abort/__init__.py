@@ -15,6 +15,7 @@ from .api import abort, abort_requested
 from .events import Event, EventBackend
 from .exceptions import Abort, BackendUnavailableError, DramatiqAbortError, MiddlewareMissingError
 from .middleware import Abortable
+from .process import guarded_popen, guarded_run
 from .scope import AbortScope, abort_scope, current_scope
 
 try:
@@ -38,4 +39,6 @@ __all__ = [
     "abortable_actor",
     "backends",
     "current_scope",
+    "guarded_popen",
+    "guarded_run",
 ]

@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any, Generic, TypeVar
 
 from . import _interrupt
@@ -42,6 +43,9 @@ PENDING, STARTED, ENTERED, LEFT = range(4)
 DELIVERED, RETRY, NOTHING = range(3)
 
 _R = TypeVar("_R")
+
+#: The message whose actor code is running in this context (see Registry.current).
+_CURRENT_ENTRY: ContextVar[_Running | None] = ContextVar("dramatiq_abort_entry", default=None)
 
 
 class _Running:
@@ -120,7 +124,15 @@ class Registry:
                 del self._by_thread[entry.thread_id]
 
     def current(self) -> _Running | None:
-        """Return the message the calling thread is processing, if any."""
+        """Return the message the calling thread (or coroutine) is processing, if any.
+
+        Inside the actor's code the guard has put the entry in a context
+        variable, which dramatiq's event loop copies into the task that runs
+        an ``async def`` actor; elsewhere the thread identifies the message.
+        """
+        entry = _CURRENT_ENTRY.get()
+        if entry is not None and entry.state != LEFT:
+            return entry
         return self._by_thread.get(threading.get_ident())
 
     def get(self, message_id: str) -> _Running | None:
@@ -289,10 +301,12 @@ class _Guarded(Generic[_R]):
 
     def __call__(self, *args: Any, **kwargs: Any) -> _R:
         registry = self._registry
-        entry = registry.current()
+        entry = registry._by_thread.get(threading.get_ident())
         if entry is None:
             return self._fn(*args, **kwargs)
+        token = None
         try:
+            token = _CURRENT_ENTRY.set(entry)
             registry._enter(entry)
             return self._fn(*args, **kwargs)
         except Abort:
@@ -309,6 +323,8 @@ class _Guarded(Generic[_R]):
                     break
                 except Abort:
                     entry.fired = True
+            if token is not None:
+                _CURRENT_ENTRY.reset(token)
 
     def __repr__(self) -> str:
         return f"<abortable {self._fn!r}>"

@@ -5,6 +5,8 @@ The test sessions install the package as a built wheel, the way users get it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nox
 
 nox.options.sessions = ["tests", "lint", "typecheck"]
@@ -51,3 +53,12 @@ def recipes(session: nox.Session) -> None:
     """Run every recipe in recipes/, in memory and on Redis, through tests/test_recipes.py."""
     session.install(".[redis]", *_group("tests"))
     session.run("pytest", "tests/test_recipes.py", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Print the benchmark figures: abort latency, graceful deadlines, Redis commands."""
+    session.install(".[redis]")
+    for script in sorted(Path("benchmarks").glob("*.py")):
+        if not script.name.startswith("_"):
+            session.run("python", str(script), *session.posargs)

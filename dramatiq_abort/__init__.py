@@ -15,7 +15,7 @@ from .api import abort, abort_requested
 from .events import Event, EventBackend
 from .exceptions import Abort, BackendUnavailableError, DramatiqAbortError, MiddlewareMissingError
 from .middleware import Abortable
-from .process import guarded_popen, guarded_run
+from .process import GuardedPopen, guarded_popen, guarded_run
 from .scope import AbortScope, abort_scope, current_scope
 
 try:
@@ -32,6 +32,7 @@ __all__ = [
     "DramatiqAbortError",
     "Event",
     "EventBackend",
+    "GuardedPopen",
     "MiddlewareMissingError",
     "abort",
     "abort_requested",

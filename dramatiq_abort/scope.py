@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from contextvars import ContextVar, Token
@@ -109,10 +110,17 @@ class AbortScope:
                 REGISTRY.shield_exit(self._entry)
             except Abort as raised:
                 held = raised
-        if isinstance(exc, Abort) or held is not None:
+        if held is not None or self._left_by_abort(exc):
             self._run_callbacks()
         if held is not None:
             raise held
+
+    def _left_by_abort(self, exc: BaseException | None) -> bool:
+        if isinstance(exc, Abort):
+            return True
+        # In an async def actor an abort reaches the coroutine as a cancellation.
+        entry = self._entry
+        return isinstance(exc, asyncio.CancelledError) and entry is not None and entry.delivered
 
     async def __aenter__(self) -> AbortScope:
         return self.__enter__()
@@ -155,5 +163,10 @@ def abort_scope(*, shield: bool = False) -> AbortScope:
 
 
 def current_scope() -> AbortScope | None:
-    """Return the innermost active scope of this context, if any."""
-    return _CURRENT.get()
+    """Return the innermost active scope of the running message, if any."""
+    scope = _CURRENT.get()
+    # An Abort landing inside a scope's own __enter__/__exit__ can leave it in
+    # the worker thread's context; it belongs to a message that has ended.
+    if scope is None or scope._token is None or scope._entry is not REGISTRY.current():
+        return None
+    return scope

@@ -19,8 +19,9 @@ delete exactly the keys of the messages they sent, and never flush.
 Pacing: an example sends a message and aborts it on the next line.  To see
 the behaviour its text describes, a snippet runs statement by statement,
 and before each top-level ``abort(...)`` call the test brings the message
-to the state the text is about (still queued, or running).  The code
-itself runs unchanged.
+to the state the text is about (still queued, running, or inside the
+block the text is about, which the test learns from what the actor
+prints).  The code itself runs unchanged.
 
 Brokers: StubBroker and RedisBroker (each under this test's namespace).  Not
 RabbitMQ: the examples' actors use the ``default`` queue, which on RabbitMQ
@@ -252,12 +253,13 @@ def env(request: pytest.FixtureRequest) -> Iterator[Env]:
 # -- a child process that reports over TCP ------------------------------------------
 
 #: A child that connects to the test, says "up", sleeps ``argv[2]`` seconds,
-#: then says "finished"; on SIGINT it says "interrupted" and exits.
+#: then says "finished"; on SIGINT it says "interrupted" and exits.  "up" is
+#: sent inside the ``try``: a SIGINT may follow it within microseconds.
 CHILD = """
 import socket, sys, time
 conn = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
-conn.sendall(b"up;")
 try:
+    conn.sendall(b"up;")
     time.sleep(float(sys.argv[2]))
     conn.sendall(b"finished;")
 except KeyboardInterrupt:
@@ -274,6 +276,7 @@ class ChildListener:
         self.server.settimeout(WAIT)
         self.port = self.server.getsockname()[1]
         self.conn: socket.socket | None = None
+        self.unread = b""  # received but not yet returned by read_until_closed
 
     def argv(self, seconds: float) -> list[str]:
         """The command of a child that sleeps ``seconds`` unless interrupted."""
@@ -286,14 +289,17 @@ class ChildListener:
         assert self.read_until_closed(stop_at=b"up;") == b"up;"
 
     def read_until_closed(self, stop_at: bytes | None = None) -> bytes:
-        """Read what the child says until it exits (or says ``stop_at``)."""
+        """Read what the child says next, until it exits (or up to ``stop_at``)."""
         assert self.conn is not None
-        data = b""
-        while stop_at is None or not data.endswith(stop_at):
+        while stop_at is None or stop_at not in self.unread:
             chunk = self.conn.recv(64)
             if not chunk:
                 break
-            data += chunk
+            self.unread += chunk
+        end = len(self.unread)
+        if stop_at is not None and stop_at in self.unread:
+            end = self.unread.index(stop_at) + len(stop_at)
+        data, self.unread = self.unread[:end], self.unread[end:]
         return data
 
     def close(self) -> None:
@@ -309,6 +315,48 @@ def child_listener() -> Iterator[ChildListener]:
     listener = ChildListener()
     yield listener
     listener.close()
+
+
+# -- seeing an actor reach a line ------------------------------------------------------
+
+
+class PrintWatch:
+    """Stand in for ``sys.stdout``, passing everything on, and note when ``text`` is printed.
+
+    A driver waits on it to know an actor reached a given line of its code
+    without changing that code: the actor prints, the event is set.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.printed = threading.Event()
+        self._seen = ""
+        self._lock = threading.Lock()
+        self._stream: Any = None
+
+    def __enter__(self) -> PrintWatch:
+        self._stream, sys.stdout = sys.stdout, self
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        sys.stdout = self._stream
+
+    def write(self, data: str) -> int:
+        """Pass ``data`` on; set the event once ``text`` has gone by."""
+        with self._lock:
+            self._seen += data
+            if self.text in self._seen:
+                self.printed.set()
+        return int(self._stream.write(data))
+
+    def flush(self) -> None:
+        """Flush the stream it stands in for."""
+        self._stream.flush()
+
+    def wait(self) -> None:
+        """Wait until ``text`` was printed, or fail the test."""
+        if not self.printed.wait(WAIT):
+            pytest.fail(f"timed out after {WAIT} s waiting for {self.text!r} to be printed")
 
 
 # -- README.md -----------------------------------------------------------------------
@@ -425,16 +473,69 @@ def drive_graceful(env: Env, code: str, capsys: Any, child: ChildListener) -> No
     assert re.search(r"export: stopping cleanly after \d+ rows", capsys.readouterr().out)
 
 
+def drive_actor_grace(env: Env, code: str, capsys: Any, child: ChildListener) -> None:
+    """Grace and cleanup per actor: Abort comes after the actor's 1 s; on_abort gets its args."""
+
+    def running() -> None:
+        env.outcomes.wait_started(env.outcomes.last_sent())
+        env.marks["abort"] = time.monotonic()
+
+    run_snippet(code, env.namespace, before_abort=running, filename="README: Grace")
+    assert env.namespace["convert"].options["abort_timeout"] == 1000
+    message_id = env.namespace["message"].message_id
+    ending = env.outcomes.wait_ended(message_id)
+    assert isinstance(ending.exception, Abort)
+    assert 1.0 <= ending.at - env.marks["abort"] < 2.0  # the actor's grace, not an instant abort
+    assert env.outcomes.wait_settled(message_id) == "nack"
+    assert "convert: aborted, removing video.mp4.part" in capsys.readouterr().out
+
+
+def drive_scope(env: Env, code: str, capsys: Any, child: ChildListener) -> None:
+    """Checkpoints: the actor sees the request and its grace, check() raises, the callback runs."""
+
+    def running() -> None:
+        env.outcomes.wait_started(env.outcomes.last_sent())
+        env.marks["abort"] = time.monotonic()
+
+    run_snippet(code, env.namespace, before_abort=running, filename="README: Checkpoints")
+    message_id = env.namespace["message"].message_id
+    ending = env.outcomes.wait_ended(message_id)
+    assert isinstance(ending.exception, Abort)
+    assert ending.at - env.marks["abort"] < 2.0  # at the checkpoint, well before the 5 s grace
+    assert env.outcomes.wait_settled(message_id) == "nack"
+    out = capsys.readouterr().out
+    stopping = re.search(r"reindex: stopping at document \d+, (\d+) ms early\n", out)
+    assert stopping is not None, out
+    assert 3000 < int(stopping[1]) <= 5000  # the actor's 5000 ms grace, counting down
+    assert out.index("reindex: aborted, rolling back\n") >= stopping.end()
+
+
+def drive_shield(env: Env, code: str, capsys: Any, child: ChildListener) -> None:
+    """Critical sections: an abort during the shielded block lands at its end, not inside it."""
+    with PrintWatch("transfer: debit") as debiting:
+        run_snippet(code, env.namespace, before_abort=debiting.wait, filename="README: Shield")
+        message_id = env.namespace["message"].message_id
+        ending = env.outcomes.wait_ended(message_id)
+    assert isinstance(ending.exception, Abort)
+    assert env.outcomes.wait_settled(message_id) == "nack"
+    out = capsys.readouterr().out
+    assert "transfer: debit 100\ntransfer: credit 100\n" in out
+    assert "transfer: receipt" not in out
+
+
 def drive_subprocess(env: Env, code: str, capsys: Any, child: ChildListener) -> None:
-    """The migration's subprocess recipe: an abort interrupts the child and ends with Abort."""
-    run_snippet(code, env.namespace, filename="README: Migrating")
+    """Subprocesses: an abort interrupts the child at once, and the message ends with Abort."""
+    run_snippet(code, env.namespace, filename="README: Subprocesses")
     message = env.namespace["run_command"].send(child.argv(seconds=WAIT * 2))
     child.wait_up()
     env.outcomes.wait_started(message.message_id)
+    called = time.monotonic()
     abort(message.message_id)
+    assert child.read_until_closed(stop_at=b"interrupted;") == b"interrupted;"
+    assert time.monotonic() - called < 1.0  # milliseconds, in fact; never the child's 30 s
     assert isinstance(env.outcomes.wait_ended(message.message_id).exception, Abort)
     assert env.outcomes.wait_settled(message.message_id) == "nack"
-    assert child.read_until_closed() == b"interrupted;"
+    assert child.read_until_closed() == b""  # the child has exited
 
 
 README_DRIVERS: dict[str, ReadmeDriver] = {
@@ -442,7 +543,10 @@ README_DRIVERS: dict[str, ReadmeDriver] = {
     "Abort a message": drive_abort,
     "Cancel a queued message": drive_cancel,
     "Stop gracefully": drive_graceful,
-    "Migrating from 1.x": drive_subprocess,
+    "Grace and cleanup per actor": drive_actor_grace,
+    "Checkpoints and cleanup in a block": drive_scope,
+    "Critical sections": drive_shield,
+    "Subprocesses": drive_subprocess,
 }
 
 

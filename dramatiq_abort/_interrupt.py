@@ -22,6 +22,9 @@ def raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> bool:
     return bool(_set_async_exc(thread_id, exc_type))
 
 
-def clear_in_thread(thread_id: int) -> None:
-    """Drop an exception scheduled by :func:`raise_in_thread` that has not been raised yet."""
-    _set_async_exc(thread_id, ctypes.py_object())
+#: Drops an exception scheduled by :func:`raise_in_thread` that has not been
+#: raised yet: ``clear_async_exc(thread_id, NULL)``.  Call it directly: it is
+#: a C function, so no Python frame starts in between where the pending
+#: exception could fire first.
+clear_async_exc = _set_async_exc
+NULL = ctypes.py_object()

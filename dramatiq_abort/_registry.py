@@ -21,6 +21,8 @@ hook, not in the next message.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import functools
 import heapq
 import itertools
@@ -31,6 +33,8 @@ import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, Generic, TypeVar
+
+import dramatiq
 
 from . import _interrupt
 from ._request import AbortMode, AbortRequest
@@ -135,6 +139,10 @@ class Registry:
             return entry
         return self._by_thread.get(threading.get_ident())
 
+    def current_thread_entry(self) -> _Running | None:
+        """Return the message registered by the calling thread, ignoring coroutine context."""
+        return self._by_thread.get(threading.get_ident())
+
     def get(self, message_id: str) -> _Running | None:
         """Return the message with this id if it is running here."""
         return self._by_id.get(message_id)
@@ -156,16 +164,19 @@ class Registry:
         if due:
             raise Abort()
 
-    def _leave(self, entry: _Running) -> None:
+    def _leave(self, entry: _Running, level: int) -> None:
+        """Leave guarded call number ``level``; idempotent, so it can be retried."""
         with self._lock:
-            if entry.depth == 0:
-                return  # already left: this is a retry after a late Abort
-            entry.depth -= 1
+            if entry.depth < level:
+                return  # already left, or never entered: a retry after a late Abort
+            entry.depth = level - 1
             if entry.depth > 0:
                 return
             entry.state = LEFT
             if entry.delivered and not entry.fired:
-                _interrupt.clear_in_thread(entry.thread_id)
+                # A direct C call: calling a Python function here would let the
+                # pending exception fire at its first line instead.
+                _interrupt.clear_async_exc(entry.thread_id, _interrupt.NULL)
                 entry.fired = True
 
     def guard(self, fn: Callable[..., _R]) -> Callable[..., _R]:
@@ -256,6 +267,9 @@ class Registry:
         with self._lock:
             if entry.deadline is None or entry.delivered or entry.state != ENTERED:
                 return
+            if entry.shield_depth:
+                entry.held = True  # a checkpoint never cuts a shielded section short
+                return
             entry.delivered = entry.fired = True
         raise Abort()
 
@@ -305,34 +319,59 @@ class _Guarded(Generic[_R]):
         if entry is None:
             return self._fn(*args, **kwargs)
         token = None
+        level = 0
         try:
             token = _CURRENT_ENTRY.set(entry)
+            # Known before _enter counts it, so an Abort landing at _enter's
+            # first line leaves nothing for _leave to undo.
+            level = entry.depth + 1
             registry._enter(entry)
             return self._fn(*args, **kwargs)
         except Abort:
             entry.fired = True
+            raise
+        except _CANCELLED as exc:
+            # An async def actor's coroutine cancelled because of this abort
+            # (by dramatiq or by a delivery hook) ends the message as aborted.
+            # Any Abort still pending in this thread is cleared by _leave.
+            if entry.delivered:
+                raise Abort() from exc
             raise
         finally:
             # Delivery is held off while this frame is the thread's innermost,
             # but an Abort raised in the last instant can still fire here, even
             # at the first instruction of _leave; it came after the actor's code
             # had finished, so it is dropped and _leave is retried.
-            while True:
+            late = None
+            while level:
                 try:
-                    registry._leave(entry)
+                    registry._leave(entry, level)
                     break
-                except Abort:
+                except Abort as exc:
                     entry.fired = True
+                    late = exc
             if token is not None:
                 _CURRENT_ENTRY.reset(token)
+            if late is not None and level > 1:
+                raise late  # a nested call: the calling actor code is still running
 
     def __repr__(self) -> str:
         return f"<abortable {self._fn!r}>"
 
 
+#: How a cancelled coroutine surfaces in the thread that waits for it.
+_CANCELLED = (asyncio.CancelledError, concurrent.futures.CancelledError)
+
 #: Code the thread runs between the guard and the actor's function.
 _TRANSIT_CODES = frozenset(
-    {_Guarded.__call__.__code__, Registry._enter.__code__, Registry._leave.__code__}
+    {
+        _Guarded.__call__.__code__,
+        Registry._enter.__code__,
+        Registry._leave.__code__,
+        # A nested actor call passes through dramatiq's Actor.__call__, whose
+        # finally clause breaks if an exception lands before its try.
+        dramatiq.Actor.__call__.__code__,
+    }
 )
 #: Seconds before a delivery put off by the guard is tried again, first and at most.
 _RETRY_FIRST = 0.0005

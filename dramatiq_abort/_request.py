@@ -56,11 +56,12 @@ def to_ms(value: object, name: str, *, allow_zero: bool = True) -> int:
     if ms != ms or ms in (float("inf"), float("-inf")):
         msg = f"{name} must be a finite number of milliseconds, not {value!r}"
         raise ValueError(msg)
-    if ms < 0 or (ms == 0 and not allow_zero):
-        least = "0 or more" if allow_zero else "more than 0"
-        msg = f"{name} must be {least} milliseconds, not {value!r}"
+    whole = round(ms)
+    if whole < 0 or (whole == 0 and not allow_zero):
+        least = "0 or more" if allow_zero else "at least 1"
+        msg = f"{name} must be {least} whole milliseconds, not {value!r}"
         raise ValueError(msg)
-    return round(ms)
+    return whole
 
 
 def check_message_id(message_id: object) -> str:

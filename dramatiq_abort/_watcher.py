@@ -13,7 +13,6 @@ deadline.
 from __future__ import annotations
 
 import threading
-import time
 
 from dramatiq.logging import get_logger
 
@@ -141,8 +140,11 @@ class Watcher:
 
     def _fallback(self, stop: threading.Event) -> None:
         """Poll a backend that cannot push, as dramatiq-abort 1.x did."""
+        handled: set[str] = set()  # a backend may return a handled event forever
         while not stop.is_set():
-            ids = self._registry.running_ids()
+            running = self._registry.running_ids()
+            handled.intersection_update(running)
+            ids = [i for i in running if i not in handled]
             if not ids:
                 stop.wait(_READ_TIMEOUT)
                 continue
@@ -155,5 +157,5 @@ class Watcher:
                 stop.wait(_MAX_BACKOFF)
                 continue
             if event is not None:
+                handled.add(event.key[len(KEY_PREFIX) :])
                 self.handle([event])
-            time.sleep(0)

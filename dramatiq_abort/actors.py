@@ -57,20 +57,6 @@ def _async_wrapper(on_abort: Callable[..., Any]) -> Any:
         coroutine = wrapped(*args, **kwargs)
 
         async def guarded() -> Any:
-            # dramatiq cancels the coroutine when Abort reaches the worker
-            # thread, except if it lands while dramatiq is still scheduling it;
-            # a delivery hook cancels the task itself, so that case ends too.
-            hook = None
-            task = asyncio.current_task()
-            if entry is not None and task is not None:
-                loop = asyncio.get_running_loop()
-
-                def hook() -> None:
-                    loop.call_soon_threadsafe(task.cancel)
-
-                entry.hooks.append(hook)
-                if entry.delivered:
-                    task.cancel()
             try:
                 return await coroutine
             except (Abort, asyncio.CancelledError) as exc:
@@ -82,9 +68,6 @@ def _async_wrapper(on_abort: Callable[..., Any]) -> Any:
                         except Exception:
                             _logger.exception("on_abort handler %r failed.", on_abort)
                 raise
-            finally:
-                if hook is not None and entry is not None:
-                    entry.hooks.remove(hook)
 
         return guarded()
 

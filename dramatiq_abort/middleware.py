@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import threading
 import time
 from typing import Any
 
@@ -94,10 +93,14 @@ class Abortable(Middleware):
         self.abortable = abortable
         self.abort_ttl = to_ms(abort_ttl, "abort_ttl", allow_zero=False)
         if switch_interval_ms is not None and (
-            isinstance(switch_interval_ms, bool)
-            or not isinstance(switch_interval_ms, (int, float))
-            or not 0 < switch_interval_ms <= 1000
+            isinstance(switch_interval_ms, bool) or not isinstance(switch_interval_ms, (int, float))
         ):
+            msg = (
+                "switch_interval_ms must be None or a number of milliseconds, "
+                f"not {switch_interval_ms!r}"
+            )
+            raise TypeError(msg)
+        if switch_interval_ms is not None and not 0 < switch_interval_ms <= 1000:
             msg = (
                 "switch_interval_ms must be None or a number of milliseconds in (0, 1000], "
                 f"not {switch_interval_ms!r}"
@@ -222,12 +225,13 @@ class Abortable(Middleware):
         exception: BaseException | None = None,
     ) -> None:
         """Forget the message; log an abort once."""
-        entry = self._registry.get(message.message_id)
-        if entry is None or entry.thread_id != threading.get_ident():
+        entry = self._registry.current_thread_entry()
+        if entry is None or entry.message_id != message.message_id:
             return
         self._registry.unregister(entry)
         if isinstance(exception, Abort):
-            self.logger.info("Message %s was aborted while running.", message.message_id)
+            # dramatiq's worker and Retries already log one INFO line each.
+            self.logger.debug("Message %s was aborted while running.", message.message_id)
 
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         """Forget a skipped message."""
@@ -252,6 +256,8 @@ class Abortable(Middleware):
         request = AbortRequest.create(message_id, mode, timeout)
         try:
             self.backend.notify([request.to_event()], ttl)
+        except (TypeError, ValueError):
+            raise  # a bad argument, not an outage
         except Exception as exc:
             msg = (
                 f"could not record the abort of message {message_id!r}: the event backend "

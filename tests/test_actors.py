@@ -573,6 +573,14 @@ def test_async_actor_is_aborted_and_calls_on_abort(
     assert record.runs == 1
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "known gap, for the async-actors issue: an Abort raised in the worker thread while "
+        "dramatiq's run_coroutine is still scheduling the coroutine (before its try block) "
+        "leaves the coroutine running, never cancelled, and on_abort is never called"
+    ),
+)
 def test_async_on_abort_runs_when_the_abort_comes_as_the_coroutine_starts(
     stub_broker: StubBroker, abortable: Abortable, start_worker: StartWorker
 ) -> None:

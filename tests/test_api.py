@@ -75,9 +75,14 @@ def test_abort_rejects_an_unknown_mode(abortable: Abortable, bad: object) -> Non
 @pytest.mark.parametrize(
     ("kwargs", "error", "text"),
     [
-        ({"abort_ttl": -1}, ValueError, "abort_ttl must be more than 0 milliseconds, not -1"),
-        ({"abort_ttl": 0}, ValueError, "abort_ttl must be more than 0 milliseconds, not 0"),
-        ({"abort_timeout": -5}, ValueError, "abort_timeout must be 0 or more milliseconds"),
+        ({"abort_ttl": -1}, ValueError, "abort_ttl must be at least 1 whole milliseconds, not -1"),
+        ({"abort_ttl": 0}, ValueError, "abort_ttl must be at least 1 whole milliseconds, not 0"),
+        (
+            {"abort_ttl": 0.4},
+            ValueError,
+            "abort_ttl must be at least 1 whole milliseconds, not 0.4",
+        ),
+        ({"abort_timeout": -5}, ValueError, "abort_timeout must be 0 or more whole milliseconds"),
         ({"abort_timeout": "5s"}, TypeError, "or a datetime.timedelta, not '5s'"),
         ({"abort_timeout": True}, TypeError, "not True"),
         ({"abort_timeout": float("nan")}, ValueError, "finite number of milliseconds"),
@@ -146,7 +151,7 @@ def test_abortable_rejects_bad_arguments() -> None:
         Abortable(backend="redis://")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=re.escape("abortable must be True or False, not 1")):
         Abortable(backend=backends.StubBackend(), abortable=1)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=re.escape("abort_ttl must be more than 0")):
+    with pytest.raises(ValueError, match=re.escape("abort_ttl must be at least 1")):
         Abortable(backend=backends.StubBackend(), abort_ttl=0)
     with pytest.raises(ValueError, match=re.escape("in (0, 1000], not 0")):
         Abortable(backend=backends.StubBackend(), switch_interval_ms=0)

@@ -594,8 +594,7 @@ def reference_examples(text: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def reference() -> dict[str, str]:
     """The reference's examples, or a skip when the reference is not beside the repository."""
-    if not REFERENCE.is_file():
-        pytest.skip(f"the reference contract is not at {REFERENCE}")
+    require(REFERENCE.is_file(), f"the reference contract is not at {REFERENCE}")
     text = REFERENCE.read_text(encoding="utf-8")
     assert text.count(TYPO) <= 1
     return reference_examples(text)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import dramatiq
 from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
 
 from conftest import join
-from dramatiq_abort import Abort, Abortable, abort, abort_requested, backends
+from dramatiq_abort import Abort, Abortable, Event, EventBackend, abort, abort_requested, backends
 
 StartWorker = Callable[..., Worker]
 
@@ -159,3 +159,62 @@ def test_switch_interval_none_leaves_it_alone(stub_broker: StubBroker) -> None:
         assert sys.getswitchinterval() == before
     finally:
         worker.stop()
+
+
+class PlainBackend(EventBackend):
+    """A backend written to the 1.x contract only: no subscribe, no poll_many."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._events: dict[str, Event] = {}
+
+    def notify(self, events: Iterable[Event], ttl: int) -> None:
+        """Store the events (they never expire here) and wake waiters."""
+        with self._cond:
+            for event in events:
+                self._events[event.key] = event
+            self._cond.notify_all()
+
+    def poll(self, key: str) -> Event | None:
+        """Return the stored event, leaving it in place."""
+        with self._cond:
+            return self._events.get(key)
+
+    def wait_many(self, keys: Iterable[str], timeout: int) -> Event | None:
+        """Wait for one of the keys, returning it again on every call."""
+        wanted = list(keys)
+        with self._cond:
+            self._cond.wait_for(lambda: any(k in self._events for k in wanted), timeout / 1000)
+            return next((self._events[k] for k in wanted if k in self._events), None)
+
+
+def test_a_plain_1x_backend_still_aborts(
+    stub_broker: StubBroker, start_worker: StartWorker
+) -> None:
+    """A 1.x-style backend works, even one that returns a handled request forever."""
+    stub_broker.add_middleware(Abortable(backend=PlainBackend()))
+    started = {"a": threading.Event(), "b": threading.Event()}
+    release, outcome, b_aborted = threading.Event(), {}, threading.Event()
+
+    @dramatiq.actor(broker=stub_broker, max_retries=0)
+    def hold(name: str) -> None:
+        started[name].set()
+        try:
+            while not release.wait(0.002):
+                pass
+            outcome[name] = "released"
+        except Abort:
+            outcome[name] = "aborted"
+            b_aborted.set()
+            raise
+
+    worker = start_worker(stub_broker)
+    a, b = hold.send("a"), hold.send("b")
+    assert started["a"].wait(10)
+    assert started["b"].wait(10)
+    abort(a.message_id, mode="cancel")  # too late for a: handled, and returned again
+    abort(b.message_id)
+    assert b_aborted.wait(10), "the fallback watcher never delivered b's abort"
+    release.set()
+    join(stub_broker, hold.queue_name, worker)
+    assert outcome == {"a": "released", "b": "aborted"}

@@ -864,7 +864,11 @@ def test_guarded_run_timeout_stops_the_child() -> None:
         ({"interrupt_signal": True}, TypeError, "interrupt_signal must be a signal such as"),
         ({"interrupt_signal": 0}, ValueError, "interrupt_signal must be a valid signal number"),
         ({"interrupt_signal": 10_000}, ValueError, "not 10000: see signal.valid_signals()"),
-        ({"interrupt_grace": -1}, ValueError, "interrupt_grace must be 0 or more milliseconds"),
+        (
+            {"interrupt_grace": -1},
+            ValueError,
+            "interrupt_grace must be 0 or more whole milliseconds",
+        ),
         ({"terminate_grace": "5s"}, TypeError, "terminate_grace must be a number of milliseconds"),
         ({"terminate_grace": float("nan")}, ValueError, "terminate_grace must be a finite"),
     ],

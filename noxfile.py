@@ -57,8 +57,28 @@ def recipes(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Print the benchmark figures: abort latency, graceful deadlines, Redis commands."""
+    """Print the benchmark figures, and compare them with dramatiq-abort 1.2.1.
+
+    Without arguments every script in benchmarks/ runs with its defaults (about 8
+    minutes); ``nox -s bench -- compare --quick`` runs one script with the arguments
+    after its name.  compare.py keeps its two virtualenvs (this project and 1.2.1)
+    in nox's cache directory.
+    """
     session.install(".[redis]")
-    for script in sorted(Path("benchmarks").glob("*.py")):
-        if not script.name.startswith("_"):
-            session.run("python", str(script), *session.posargs)
+    scripts = {
+        path.stem: path
+        for path in sorted(Path("benchmarks").glob("*.py"))
+        if not path.name.startswith("_")
+    }
+    args = list(session.posargs)
+    if args:
+        name = Path(args.pop(0)).stem
+        if name not in scripts:
+            session.error(
+                f"name a benchmark first, one of {', '.join(scripts)}, then its arguments: "
+                f"nox -s bench -- compare --quick (not {session.posargs[0]!r})"
+            )
+        scripts = {name: scripts[name]}
+    for name, script in scripts.items():
+        extra = ["--venv-dir", str(session.cache_dir / "compare")] if name == "compare" else []
+        session.run("python", str(script), *extra, *args)

@@ -386,7 +386,9 @@ class DeadlineTimer:
         self._cond = threading.Condition(threading.Lock())
         self._heap: list[tuple[float, int, _Running]] = []
         self._seq = itertools.count()
-        self._stopping = False
+        self._stop: threading.Event | None = (
+            None  # one per thread: a new start never revives an old one
+        )
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -394,16 +396,17 @@ class DeadlineTimer:
         with self._cond:
             if self._thread is not None and self._thread.is_alive():
                 return
-            self._stopping = False
+            self._stop = threading.Event()
             self._thread = threading.Thread(
-                target=self._run, name="dramatiq-abort-timer", daemon=True
+                target=self._run, args=(self._stop,), name="dramatiq-abort-timer", daemon=True
             )
             self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the timer thread and wait for it."""
         with self._cond:
-            self._stopping = True
+            if self._stop is not None:
+                self._stop.set()
             thread, self._thread = self._thread, None
             self._heap.clear()
             self._cond.notify()
@@ -421,15 +424,15 @@ class DeadlineTimer:
             if self._heap[0][2] is entry:
                 self._cond.notify()
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
         while True:
             with self._cond:
-                while not self._stopping:
+                while not stop.is_set():
                     now = time.monotonic()
                     if self._heap and self._heap[0][0] <= now:
                         break
                     self._cond.wait(self._heap[0][0] - now if self._heap else None)
-                if self._stopping:
+                if stop.is_set():
                     return
                 due = []
                 now = time.monotonic()

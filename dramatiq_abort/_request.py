@@ -167,5 +167,5 @@ class AbortRequest:
         grace = float(default_ms if self.abort_timeout is None else self.abort_timeout)
         if not live and self.requested_at is not None:
             elapsed = time.time() * 1000 - self.requested_at
-            grace = max(0.0, min(grace, grace - max(0.0, elapsed)))
+            grace = max(0.0, grace - max(0.0, elapsed))
         return grace / 1000

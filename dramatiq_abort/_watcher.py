@@ -61,13 +61,18 @@ class Watcher:
             self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop both threads and wait for them."""
+        """Stop both threads and wait for them.
+
+        The lock is held throughout, so a concurrent :meth:`start` waits and
+        then starts both threads afresh, instead of seeing a timer that is
+        about to stop.
+        """
         with self._lock:
             self._stop.set()
             thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-        self._timer.stop(timeout)
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout)
+            self._timer.stop(timeout)
 
     def handle(self, events: list[Event], *, resync: bool = False) -> None:
         """Apply announced (or, on ``resync``, re-read) events to the messages running here."""

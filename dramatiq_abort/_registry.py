@@ -202,7 +202,9 @@ class Registry:
             if entry.state == LEFT:
                 return None
             if entry.state == PENDING:
-                entry.request = request
+                # It never starts now; keep the stronger request for the log line.
+                if entry.request is None or entry.request.mode is AbortMode.CANCEL:
+                    entry.request = request
                 return None
             if request.mode is AbortMode.CANCEL:
                 return None

@@ -115,12 +115,17 @@ class AbortRequest:
     #: Milliseconds of grace; ``None``: the actor's own grace (or none).
     abort_timeout: int | None
     requested_at: float | None
+    #: Set when requests were combined (see ``_merge``) and one of them left
+    #: the grace to the actor: the actor's grace also applies, from this stamp.
+    actor_grace_from: float | None = None
 
     def to_event(self) -> Event:
         """Encode this request as an :class:`Event`."""
         params: dict[str, Any] = {"mode": self.mode.value, "abort_timeout": self.abort_timeout}
         if self.requested_at is not None:
             params["requested_at"] = self.requested_at
+        if self.actor_grace_from is not None:
+            params["actor_grace_from"] = self.actor_grace_from
         return Event(key_for(self.message_id), params)
 
     @classmethod
@@ -143,15 +148,12 @@ class AbortRequest:
             mode = coerce_mode(params.get("mode", "abort"))
             raw_timeout = params.get("abort_timeout", 0)
             timeout = None if raw_timeout is None else to_ms(raw_timeout, "abort_timeout")
-            requested_at = params.get("requested_at")
-            if requested_at is not None and (
-                isinstance(requested_at, bool) or not isinstance(requested_at, (int, float))
-            ):
-                raise ValueError("requested_at is not a number")
+            requested_at = _stamp(params, "requested_at")
+            actor_grace_from = _stamp(params, "actor_grace_from")
         except (TypeError, ValueError, AttributeError) as exc:
             _logger.warning("Ignoring malformed abort event %r: %s", event, exc)
             return None
-        return cls(message_id, mode, timeout, requested_at)
+        return cls(message_id, mode, timeout, requested_at, actor_grace_from)
 
     def grace_seconds(self, default_ms: int = 0, *, live: bool = True) -> float:
         """Seconds of grace left now.
@@ -165,7 +167,25 @@ class AbortRequest:
         the actor's own grace, used when the request did not choose one.
         """
         grace = float(default_ms if self.abort_timeout is None else self.abort_timeout)
-        if not live and self.requested_at is not None:
-            elapsed = time.time() * 1000 - self.requested_at
-            grace = max(0.0, grace - max(0.0, elapsed))
-        return grace / 1000
+        left = _left(grace, self.requested_at, live)
+        if self.actor_grace_from is not None:
+            left = min(left, _left(float(default_ms), self.actor_grace_from, live))
+        return left / 1000
+
+
+def _left(grace: float, stamp: float | None, live: bool) -> float:
+    """Milliseconds left of ``grace`` counted from ``stamp`` (from now when ``live``)."""
+    if live or stamp is None:
+        return grace
+    elapsed = time.time() * 1000 - stamp
+    return max(0.0, grace - max(0.0, elapsed))
+
+
+def _stamp(params: dict[str, Any], name: str) -> float | None:
+    """Return the wall-clock stamp ``params[name]`` (ms), ``None`` if absent."""
+    value = params.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ValueError(f"{name} is not a number")
+    return float(value)

@@ -1,15 +1,18 @@
 """The Redis event backend.
 
-Each request is stored under ``<namespace><event key>`` with ``SET ... PX
-ttl``, so a worker that takes the message later still finds it, and every
-batch is announced with one ``PUBLISH`` on ``<namespace>events``, so a
-running message learns of it at once.  Both go out in one pipelined round
+Each request is stored under ``<namespace><event key>`` with a TTL, so a
+worker that takes the message later still finds it, and every batch is
+announced with one ``PUBLISH`` on ``<namespace>events``, so a running
+message learns of it at once.  A small server-side script stores each
+request, combined with one already there (the stronger wins, see
+``_merge``), and the last one publishes the batch: one pipelined round
 trip.  Workers hold one subscribed connection each and read it with a
 timeout: an idle worker sends Redis no commands.  Values are JSON.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -18,6 +21,7 @@ from typing import Any
 
 import redis
 
+from .._merge import MERGE_LUA
 from ..events import Event, EventBackend, Subscription
 
 __all__ = ["RedisBackend"]
@@ -26,6 +30,8 @@ _logger = logging.getLogger(__name__)
 
 #: Seconds to wait for Redis to confirm a subscription.
 _SUBSCRIBE_TIMEOUT = 5.0
+#: The merge script's digest, computed here so no round trip is needed to learn it.
+_MERGE_SHA = hashlib.sha1(MERGE_LUA.encode("utf-8")).hexdigest()
 #: Client options :meth:`RedisBackend.from_url` sets unless the caller does.
 _URL_DEFAULTS: dict[str, Any] = {
     "socket_connect_timeout": 5,
@@ -151,20 +157,41 @@ class RedisBackend(EventBackend):
         return self.namespace + key
 
     def notify(self, events: Iterable[Event], ttl: int) -> None:
-        """Store each event for ``ttl`` ms and announce the batch, in one round trip."""
+        """Store each event for ``ttl`` ms (combined with a stored one) and announce the batch.
+
+        One pipelined round trip; the first call after Redis lost its script
+        cache (a restart) takes two more, to load the script and run again.
+        """
         batch = list(events)
         if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
             msg = f"ttl must be a positive whole number of milliseconds, not {ttl!r}"
             raise ValueError(msg)
         if not batch:
             return
-        encoded = [(event.key, json.dumps(event.params)) for event in batch]
+        calls = [(self._key(event.key), json.dumps(event.params)) for event in batch]
         announcement = json.dumps([[event.key, event.params] for event in batch])
-        pipe = self.client.pipeline(transaction=False)
-        for key, value in encoded:
-            pipe.set(self._key(key), value, px=ttl)
-        pipe.publish(self.channel, announcement)
-        pipe.execute()
+        for attempt in range(2):
+            pipe = self.client.pipeline(transaction=False)
+            last = len(calls) - 1
+            for index, (key, value) in enumerate(calls):
+                # Only the last call publishes: if the script is missing,
+                # nothing is announced before the requests are stored.
+                channel, payload = (self.channel, announcement) if index == last else ("", "")
+                pipe.evalsha(_MERGE_SHA, 1, key, value, ttl, channel, payload)
+            results = pipe.execute(raise_on_error=False)
+            missing = []
+            for call, result in zip(calls, results, strict=True):
+                if isinstance(result, redis.exceptions.NoScriptError):
+                    missing.append(call)
+                elif isinstance(result, Exception):
+                    raise result
+            if not missing:
+                return
+            if attempt == 0:
+                self.client.script_load(MERGE_LUA)
+                calls = missing
+        msg = "Redis does not keep the request script (SCRIPT LOAD had no effect)"
+        raise redis.exceptions.NoScriptError(msg)
 
     def poll(self, key: str) -> Event | None:
         """Return the event stored under ``key`` without consuming it."""

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterable
 
+from .._merge import merge_params
 from ..events import Event, EventBackend, Subscription
 
 __all__ = ["StubBackend"]
@@ -66,13 +67,23 @@ class StubBackend(EventBackend):
             return len(self._events)
 
     def notify(self, events: Iterable[Event], ttl: int) -> None:
-        """Store ``events`` for ``ttl`` milliseconds and announce them."""
+        """Store ``events`` for ``ttl`` milliseconds and announce them.
+
+        An event stored under the same key is combined with the new one (the
+        stronger request wins) and lives until the later of both expiries.
+        """
         batch = list(events)
         now = time.monotonic()
         expires = now + ttl / 1000
         with self._cond:
             for event in batch:
-                self._events[event.key] = (expires, event)
+                stored = self._events.get(event.key)
+                if stored is not None and stored[0] > now:
+                    params = merge_params(stored[1].params, event.params)
+                    merged = event if params is event.params else Event(event.key, params)
+                    self._events[event.key] = (max(expires, stored[0]), merged)
+                else:
+                    self._events[event.key] = (expires, event)
             subscriptions = list(self._subscriptions)
             self._sweep(now)
             self._cond.notify_all()

@@ -1,0 +1,170 @@
+"""How two requests for one message combine: the stronger one wins.
+
+A backend that already holds a request for a message and is told of
+another keeps their combination, so a second ``abort()`` can only make
+the first stronger, never weaker:
+
+* ``abort`` beats ``cancel`` (a cancel after an abort does not turn a
+  running message's abort into a no-op);
+* between two aborts the earlier deadline wins: the explicit grace whose
+  ``requested_at + abort_timeout`` comes first is kept, and a request that
+  left the grace to the actor (``abort_timeout`` null) is kept beside it as
+  ``actor_grace_from`` (its stamp), because only the worker knows the
+  actor's grace; the worker takes whichever deadline comes first;
+* the stored request lives until the later of the two expiries.
+
+Stored values that are not a request of this shape (1.x values without a
+stamp count as the oldest; garbage is replaced) are overwritten.  The same
+rule exists twice: :func:`merge_params` for in-process backends and
+:data:`MERGE_LUA` for Redis, where it runs atomically on the server.  A
+property test checks that both agree.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = ["MERGE_LUA", "merge_params"]
+
+_MODES = ("abort", "cancel")
+
+
+def _number(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and -1e15 < value < 1e15
+    )
+
+
+def _valid(params: Any) -> bool:
+    if not isinstance(params, dict):
+        return False
+    mode = params.get("mode")
+    if not isinstance(mode, str) or mode.lower() not in _MODES:
+        return False
+    timeout = params.get("abort_timeout", 0)
+    if timeout is not None and not (_number(timeout) and timeout >= 0):
+        return False
+    return all(
+        params.get(name) is None or _number(params[name])
+        for name in ("requested_at", "actor_grace_from")
+    )
+
+
+def merge_params(old: Any, new: dict[str, Any]) -> dict[str, Any]:
+    """Return the combination of a stored request ``old`` and a new one ``new``."""
+    if not isinstance(old, dict) or not _valid(old) or not _valid(new):
+        return new
+    old_mode, new_mode = old["mode"].lower(), new["mode"].lower()
+    if old_mode != new_mode:
+        return old if old_mode == "abort" else new
+    if old_mode == "cancel":
+        return old
+    explicit: list[tuple[float, float, float | None]] = []  # (deadline, timeout, stamp)
+    default: list[float | None] = []
+    for params in (old, new):
+        stamp = params.get("requested_at")
+        timeout = params.get("abort_timeout", 0)
+        if timeout is None:
+            default.append(stamp)
+        else:
+            explicit.append(((stamp or 0) + timeout, timeout, stamp))
+        if params.get("actor_grace_from") is not None:
+            default.append(params["actor_grace_from"])
+    earliest_default = min(default, key=lambda stamp: stamp or 0) if default else None
+    merged: dict[str, Any] = {"mode": "abort"}
+    if explicit:
+        _, timeout, stamp = min(explicit, key=lambda candidate: candidate[0])
+        merged["abort_timeout"] = timeout
+        if stamp is not None:
+            merged["requested_at"] = stamp
+        if default:
+            merged["actor_grace_from"] = earliest_default or 0
+    else:
+        merged["abort_timeout"] = None
+        if earliest_default is not None:
+            merged["requested_at"] = earliest_default
+    return merged
+
+
+#: The same rule as :func:`merge_params`, for Redis: ``KEYS[1]`` the request's
+#: key, ``ARGV[1]`` the new request (JSON), ``ARGV[2]`` its TTL in ms; the value
+#: is SET with the later of the two expiries.  Then, if ``ARGV[3]`` is not
+#: empty, ``ARGV[4]`` is published on channel ``ARGV[3]``.
+MERGE_LUA = """
+local function number(v)
+  return type(v) == 'number' and v == v and v > -1e15 and v < 1e15
+end
+local function valid(p)
+  if type(p) ~= 'table' or type(p.mode) ~= 'string' then return false end
+  local mode = string.lower(p.mode)
+  if mode ~= 'abort' and mode ~= 'cancel' then return false end
+  local t = p.abort_timeout
+  if t ~= nil and t ~= cjson.null and not (number(t) and t >= 0) then return false end
+  for _, name in ipairs({'requested_at', 'actor_grace_from'}) do
+    local v = p[name]
+    if v ~= nil and v ~= cjson.null and not number(v) then return false end
+  end
+  return true
+end
+local function stamp(v)
+  if v == nil or v == cjson.null then return nil end
+  return v
+end
+local function merge(old, new)
+  if not valid(old) or not valid(new) then return nil end
+  local om, nm = string.lower(old.mode), string.lower(new.mode)
+  if om ~= nm then
+    if om == 'abort' then return old end
+    return nil
+  end
+  if om == 'cancel' then return old end
+  local best, default = nil, nil
+  local has_default = false
+  for _, p in ipairs({old, new}) do
+    local at = stamp(p.requested_at)
+    local t = p.abort_timeout
+    if t == cjson.null then
+      if not has_default or (at or 0) < (default or 0) then default = at end
+      has_default = true
+    else
+      if t == nil then t = 0 end
+      local deadline = (at or 0) + t
+      if best == nil or deadline < best[1] then best = {deadline, t, at} end
+    end
+    local from = stamp(p.actor_grace_from)
+    if from ~= nil then
+      if not has_default or from < (default or 0) then default = from end
+      has_default = true
+    end
+  end
+  local merged = {mode = 'abort'}
+  if best ~= nil then
+    merged.abort_timeout = best[2]
+    merged.requested_at = best[3]
+    if has_default then merged.actor_grace_from = default or 0 end
+  else
+    merged.abort_timeout = cjson.null
+    merged.requested_at = default
+  end
+  return merged
+end
+local value = ARGV[1]
+local ttl = tonumber(ARGV[2])
+local raw = redis.pcall('GET', KEYS[1])
+if type(raw) == 'string' then
+  local ok, old = pcall(cjson.decode, raw)
+  if ok then
+    local merged = merge(old, cjson.decode(ARGV[1]))
+    if merged ~= nil then value = cjson.encode(merged) end
+  end
+end
+local left = redis.call('PTTL', KEYS[1])
+if left > ttl then ttl = left end
+redis.call('SET', KEYS[1], value, 'PX', ttl)
+if ARGV[3] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
+return 1
+"""

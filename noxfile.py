@@ -1,4 +1,4 @@
-"""Automation: ``nox`` runs the default sessions (tests, lint, typecheck).
+"""Automation: ``nox`` runs the default sessions (tests, faults, lint, typecheck).
 
 The test sessions install the package as a built wheel, the way users get it.
 """
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.sessions = ["tests", "faults", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
@@ -23,7 +23,14 @@ def _group(name: str) -> list[str]:
 def tests(session: nox.Session) -> None:
     """Run the test suite against real Redis, RabbitMQ and dramatiq workers."""
     session.install(".[redis]", *_group("tests"))
-    session.run("pytest", *session.posargs)
+    session.run("pytest", "--ignore=tests/faults", *session.posargs)
+
+
+@nox.session
+def faults(session: nox.Session) -> None:
+    """Run tests/faults: real worker processes through outages, kills, races, bad input."""
+    session.install(".[redis]", *_group("tests"))
+    session.run("pytest", "tests/faults", *session.posargs)
 
 
 @nox.session

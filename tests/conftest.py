@@ -273,3 +273,15 @@ def join(broker: dramatiq.Broker, queue_name: str, worker: Worker) -> None:
     else:
         broker.join(queue_name, timeout=30_000)
     worker.join()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the figures the fault scenarios recorded (tests/faults/faultkit.py)."""
+    import sys
+
+    faultkit = sys.modules.get("faultkit")
+    lines = getattr(faultkit, "REPORT", None)
+    if lines:
+        terminalreporter.section("fault scenarios")
+        for line in lines:
+            terminalreporter.write_line(line)

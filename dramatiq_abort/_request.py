@@ -44,11 +44,25 @@ def coerce_mode(mode: object) -> AbortMode:
     raise ValueError(msg)
 
 
+#: The longest duration, in ms (about 31 years): a longer one overflows the
+#: timeouts of ``threading`` waits (the deadline timer's) and of Redis' ``PX``.
+MAX_MS = 10**12
+
+
 def to_ms(value: object, name: str, *, allow_zero: bool = True) -> int:
-    """Return a duration given in milliseconds or as a ``timedelta`` as whole milliseconds."""
+    """Return a duration given in milliseconds or as a ``timedelta`` as whole milliseconds.
+
+    Raises:
+        TypeError: ``value`` is neither a number (``bool`` excluded) nor a ``timedelta``.
+        ValueError: ``value`` is not finite, negative (or 0 without
+            ``allow_zero``), or more than :data:`MAX_MS`.
+    """
+    ms: int | float
     if isinstance(value, timedelta):
         ms = value / timedelta(milliseconds=1)
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+    elif isinstance(value, int) and not isinstance(value, bool):
+        ms = int(value)  # kept exact: float() of a huge int overflows
+    elif isinstance(value, float):
         ms = float(value)
     else:
         msg = f"{name} must be a number of milliseconds or a datetime.timedelta, not {value!r}"
@@ -60,6 +74,9 @@ def to_ms(value: object, name: str, *, allow_zero: bool = True) -> int:
     if whole < 0 or (whole == 0 and not allow_zero):
         least = "0 or more" if allow_zero else "at least 1"
         msg = f"{name} must be {least} whole milliseconds, not {value!r}"
+        raise ValueError(msg)
+    if whole > MAX_MS:
+        msg = f"{name} must be at most {MAX_MS} milliseconds (about 31 years), not {value!r}"
         raise ValueError(msg)
     return whole
 
@@ -75,6 +92,15 @@ def check_message_id(message_id: object) -> str:
     if not message_id.strip():
         msg = f"message_id must be a non-empty string, not {message_id!r}"
         raise ValueError(msg)
+    try:
+        message_id.encode("utf-8")
+    except UnicodeEncodeError:
+        # Lone surrogates: no backend could store the key, and no broker the message.
+        msg = (
+            f"message_id must be a string that can be encoded as UTF-8 (no lone "
+            f"surrogates), not {message_id!r}"
+        )
+        raise ValueError(msg) from None
     return message_id
 
 

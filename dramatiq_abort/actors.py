@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, overload
@@ -145,7 +146,10 @@ def abortable_actor(
     Raises:
         TypeError: Applied to an existing ``Actor`` (stacked on
             ``@dramatiq.actor``), or ``on_abort`` is not callable or is
-            ``async`` for a plain function.
+            ``async`` for a plain function; or another argument has the
+            wrong type.
+        ValueError: ``queue_name`` is not one dramatiq accepts, or
+            ``timeout`` is out of range.
         MiddlewareMissingError: The broker has no ``Abortable``.
 
     Example:
@@ -153,6 +157,34 @@ def abortable_actor(
         ... def convert(path): ...  # doctest: +SKIP
 
     """
+    if not callable(actor_class):
+        msg = f"actor_class must be an Actor class such as dramatiq.Actor, not {actor_class!r}"
+        raise TypeError(msg)
+    if actor_name is not None and not isinstance(actor_name, str):
+        msg = f"actor_name must be a string, or None for the function's name, not {actor_name!r}"
+        raise TypeError(msg)
+    if actor_name is not None and not actor_name.isprintable():
+        # Also rules out lone surrogates, which no broker could encode.
+        msg = f"actor_name must be a printable string, not {actor_name!r}"
+        raise ValueError(msg)
+    if not isinstance(queue_name, str):
+        msg = f"queue_name must be a string such as 'default', not {queue_name!r}"
+        raise TypeError(msg)
+    if not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9._-]*", queue_name):
+        msg = (
+            "queue_name must be a letter or an underscore followed by letters, digits, dots, "
+            f"dashes or underscores, as dramatiq requires, not {queue_name!r}"
+        )
+        raise ValueError(msg)
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        msg = f"priority must be a whole number (lower numbers run first), not {priority!r}"
+        raise TypeError(msg)
+    if broker is not None and not isinstance(broker, dramatiq.Broker):
+        msg = f"broker must be a dramatiq Broker, or None for the global broker, not {broker!r}"
+        raise TypeError(msg)
+    if not isinstance(options.get("abortable", True), bool):
+        msg = f"abortable must be True or False, not {options['abortable']!r}"
+        raise TypeError(msg)
     if on_abort is not None and not callable(on_abort):
         msg = f"on_abort must be a callable taking the actor's arguments, not {on_abort!r}"
         raise TypeError(msg)

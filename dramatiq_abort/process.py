@@ -33,7 +33,7 @@ from types import TracebackType
 from typing import Any, TypeAlias
 
 from ._registry import REGISTRY, _Running
-from ._request import Duration, to_ms
+from ._request import MAX_MS, Duration, to_ms
 
 __all__ = ["GuardedPopen", "guarded_popen", "guarded_run"]
 
@@ -644,16 +644,28 @@ def guarded_popen(
 def _timeout_seconds(timeout: object) -> float | None:
     if timeout is None:
         return None
+    seconds: int | float | None = None
     if isinstance(timeout, timedelta):
-        return timeout.total_seconds()
-    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+        seconds = timeout.total_seconds()
+    elif isinstance(timeout, int) and not isinstance(timeout, bool):
+        seconds = timeout  # compared exactly: float() of a huge int overflows
+    elif isinstance(timeout, float):
         if not math.isfinite(timeout):
             msg = (
                 f"timeout must be a finite number of seconds, or None to wait forever, "
                 f"not {timeout!r}"
             )
             raise ValueError(msg)
-        return float(timeout)
+        seconds = timeout
+    if seconds is not None:
+        # Longer waits overflow the millisecond arithmetic of the waits.
+        if not -MAX_MS // 1000 <= seconds <= MAX_MS // 1000:
+            msg = (
+                f"timeout must be a number of seconds between {-MAX_MS // 1000} and "
+                f"{MAX_MS // 1000} (about 31 years), or None to wait forever, not {timeout!r}"
+            )
+            raise ValueError(msg)
+        return float(seconds)
     msg = (
         f"timeout must be a number of seconds (as in subprocess.run), a datetime.timedelta "
         f"or None, not {timeout!r}"

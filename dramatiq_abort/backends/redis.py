@@ -13,8 +13,10 @@ timeout: an idle worker sends Redis no commands.  Values are JSON.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
+import re
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -129,7 +131,24 @@ class RedisBackend(EventBackend):
                 f"namespace must be a non-empty string such as 'dramatiq:aborts:', "
                 f"not {namespace!r}"
             )
-            raise ValueError(msg)
+            raise (ValueError if isinstance(namespace, str) else TypeError)(msg)
+        try:
+            namespace.encode("utf-8")
+        except UnicodeEncodeError:
+            msg = (
+                f"namespace must be a string that can be encoded as UTF-8 (no lone "
+                f"surrogates), such as 'dramatiq:aborts:', not {namespace!r}"
+            )
+            raise ValueError(msg) from None
+        if client is not None and (
+            not all(callable(getattr(client, name, None)) for name in ("get", "pipeline", "pubsub"))
+            or inspect.iscoroutinefunction(getattr(client, "execute_command", None))
+        ):
+            msg = (
+                f"client must be a redis.Redis client (not a redis.asyncio one), or None "
+                f"for Redis on localhost:6379, not {client!r}"
+            )
+            raise TypeError(msg)
         if client is None:
             client = redis.Redis(**_URL_DEFAULTS)
         self.client = client
@@ -144,14 +163,42 @@ class RedisBackend(EventBackend):
         """Initialize the backend from a Redis URL such as ``redis://localhost:6379/0``.
 
         The client gets finite socket timeouts and a health check every 30
-        seconds (options in the URL's query string win).  Any extra
-        parameters are passed on to the default constructor.
+        seconds (options in the URL's query string win).  Extra keyword
+        arguments (``namespace=``) are passed on to the default constructor.
+
+        Raises:
+            TypeError: ``url`` is not a string, or extra arguments are
+                positional or include ``client``.
+            ValueError: ``url`` is not a valid Redis URL (the password is
+                masked in the message), or ``namespace`` is empty.
         """
-        if not isinstance(url, str) or "://" not in url:
-            msg = f"url must be a Redis URL such as 'redis://localhost:6379/0', not {url!r}"
-            raise ValueError(msg)
-        client = redis.Redis.from_url(url, **_URL_DEFAULTS)
-        return cls(*args, client=client, **kwargs)
+        if args:
+            msg = (
+                f"from_url takes the URL, then keyword arguments only, such as "
+                f"namespace='dramatiq:aborts:', not the positional arguments {args!r}"
+            )
+            raise TypeError(msg)
+        if "client" in kwargs:
+            msg = (
+                "from_url makes the client from the URL: pass client= to RedisBackend(), "
+                "or put client options in the URL's query string (?socket_timeout=5)"
+            )
+            raise TypeError(msg)
+        expected = "a Redis URL such as 'redis://localhost:6379/0'"
+        if not isinstance(url, str):
+            raise TypeError(f"url must be {expected}, not {url!r}")
+        # Name the URL in errors, but not its password.
+        head, sep, query = url.partition("?")
+        shown = re.sub(r"(?<=://).*@", "***@", head, count=1) + sep + query
+        if "://" not in url:
+            raise ValueError(f"url must be {expected}, not {shown!r}")
+        try:
+            url.encode("utf-8")
+            client = redis.Redis.from_url(url, **_URL_DEFAULTS)
+        except (TypeError, ValueError) as exc:
+            msg = f"url must be {expected}, not {shown!r}: {exc}"
+            raise ValueError(msg) from exc
+        return cls(client=client, **kwargs)
 
     def _key(self, key: str) -> str:
         return self.namespace + key

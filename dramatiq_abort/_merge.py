@@ -25,6 +25,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ._request import MAX_MS, MAX_STAMP
+
 __all__ = ["MERGE_LUA", "merge_params"]
 
 _MODES = ("abort", "cancel")
@@ -35,7 +37,7 @@ def _number(value: Any) -> bool:
         isinstance(value, (int, float))
         and not isinstance(value, bool)
         and math.isfinite(value)
-        and -1e15 < value < 1e15
+        and -MAX_STAMP < value < MAX_STAMP
     )
 
 
@@ -46,7 +48,7 @@ def _valid(params: Any) -> bool:
     if not isinstance(mode, str) or mode.lower() not in _MODES:
         return False
     timeout = params.get("abort_timeout", 0)
-    if timeout is not None and not (_number(timeout) and timeout >= 0):
+    if timeout is not None and not (_number(timeout) and 0 <= timeout <= MAX_MS):
         return False
     return all(
         params.get(name) is None or _number(params[name])
@@ -96,14 +98,16 @@ def merge_params(old: Any, new: dict[str, Any]) -> dict[str, Any]:
 #: empty, ``ARGV[4]`` is published on channel ``ARGV[3]``.
 MERGE_LUA = """
 local function number(v)
-  return type(v) == 'number' and v == v and v > -1e15 and v < 1e15
+  return type(v) == 'number' and v == v and v > -1e15 and v < 1e15  -- MAX_STAMP
 end
 local function valid(p)
   if type(p) ~= 'table' or type(p.mode) ~= 'string' then return false end
   local mode = string.lower(p.mode)
   if mode ~= 'abort' and mode ~= 'cancel' then return false end
   local t = p.abort_timeout
-  if t ~= nil and t ~= cjson.null and not (number(t) and t >= 0) then return false end
+  if t ~= nil and t ~= cjson.null and not (number(t) and t >= 0 and t <= 1e12) then  -- MAX_MS
+    return false
+  end
   for _, name in ipairs({'requested_at', 'actor_grace_from'}) do
     local v = p[name]
     if v ~= nil and v ~= cjson.null and not number(v) then return false end

@@ -433,7 +433,8 @@ class DeadlineTimer:
                     now = time.monotonic()
                     if self._heap and self._heap[0][0] <= now:
                         break
-                    self._cond.wait(self._heap[0][0] - now if self._heap else None)
+                    wait = self._heap[0][0] - now if self._heap else None
+                    self._cond.wait(None if wait is None else min(wait, threading.TIMEOUT_MAX))
                 if stop.is_set():
                     return
                 due = []

@@ -47,6 +47,8 @@ def coerce_mode(mode: object) -> AbortMode:
 #: The longest duration, in ms (about 31 years): a longer one overflows the
 #: timeouts of ``threading`` waits (the deadline timer's) and of Redis' ``PX``.
 MAX_MS = 10**12
+#: Wall-clock stamps (ms since the epoch) read back must lie within this bound.
+MAX_STAMP = 10**15
 
 
 def to_ms(value: object, name: str, *, allow_zero: bool = True) -> int:
@@ -70,12 +72,13 @@ def to_ms(value: object, name: str, *, allow_zero: bool = True) -> int:
     if ms != ms or ms in (float("inf"), float("-inf")):
         msg = f"{name} must be a finite number of milliseconds, not {value!r}"
         raise ValueError(msg)
+    # The range is checked before rounding, as the backends' merge checks it.
     whole = round(ms)
-    if whole < 0 or (whole == 0 and not allow_zero):
+    if ms < 0 or (whole == 0 and not allow_zero):
         least = "0 or more" if allow_zero else "at least 1"
         msg = f"{name} must be {least} whole milliseconds, not {value!r}"
         raise ValueError(msg)
-    if whole > MAX_MS:
+    if ms > MAX_MS:
         msg = f"{name} must be at most {MAX_MS} milliseconds (about 31 years), not {value!r}"
         raise ValueError(msg)
     return whole
@@ -176,7 +179,7 @@ class AbortRequest:
             timeout = None if raw_timeout is None else to_ms(raw_timeout, "abort_timeout")
             requested_at = _stamp(params, "requested_at")
             actor_grace_from = _stamp(params, "actor_grace_from")
-        except (TypeError, ValueError, AttributeError) as exc:
+        except (TypeError, ValueError, AttributeError, ArithmeticError) as exc:
             _logger.warning("Ignoring malformed abort event %r: %s", event, exc)
             return None
         return cls(message_id, mode, timeout, requested_at, actor_grace_from)
@@ -212,6 +215,8 @@ def _stamp(params: dict[str, Any], name: str) -> float | None:
     value = params.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} is not a number")
+    if not -MAX_STAMP < value < MAX_STAMP:  # NaN fails too; a huge int never reaches float()
+        raise ValueError(f"{name} is out of range")
     return float(value)

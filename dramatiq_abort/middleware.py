@@ -259,9 +259,14 @@ class Abortable(Middleware):
         except (TypeError, ValueError):
             raise  # a bad argument, not an outage
         except Exception as exc:
+            advice = (
+                "check the backend's credentials"
+                if "authentic" in f"{type(exc).__name__} {exc}".lower()
+                else "try again once it is back"
+            )
             msg = (
                 f"could not record the abort of message {message_id!r}: the event backend "
-                f"failed ({type(exc).__name__}: {exc}); nothing was sent, try again once it is back"
+                f"failed ({type(exc).__name__}: {exc}); nothing was sent, {advice}"
             )
             raise BackendUnavailableError(msg) from exc
 

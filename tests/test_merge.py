@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from conftest import RedisServer, require
 from dramatiq_abort import Event, EventBackend, backends
-from dramatiq_abort._merge import merge_params
+from dramatiq_abort._merge import _valid, merge_params
 from dramatiq_abort._request import AbortMode, AbortRequest
 
 KEY = "abort:m"
@@ -164,3 +164,31 @@ def test_lua_and_python_merge_agree(
     stored = json.loads(redis_client.get(key))
     redis_client.delete(key)
     assert _close(stored, expected), (stored, expected)
+
+
+_numbers = st.one_of(
+    st.none(),
+    st.integers(-(10**16), 10**16),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([10**12, 10**12 + 1, 10**15 - 1, 10**15, -(10**15) + 1]),
+)
+
+
+@settings(derandomize=True, database=None, max_examples=500)
+@given(
+    mode=st.sampled_from(["abort", "cancel", "Abort", "other", ""]),
+    timeout=_numbers,
+    stamp=_numbers,
+    grace_from=_numbers,
+)
+def test_what_the_merge_keeps_the_worker_accepts(
+    mode: str, timeout: Any, stamp: Any, grace_from: Any
+) -> None:
+    """A stored value the merge counts as a request is one the worker can read, and back."""
+    params = {"mode": mode, "abort_timeout": timeout}
+    if stamp is not None:
+        params["requested_at"] = stamp
+    if grace_from is not None:
+        params["actor_grace_from"] = grace_from
+    accepted = AbortRequest.from_event(Event(KEY, params)) is not None
+    assert _valid(params) == accepted, params

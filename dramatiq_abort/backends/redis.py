@@ -25,6 +25,7 @@ import redis
 
 from .._merge import MERGE_LUA
 from ..events import Event, EventBackend, Subscription
+from ._checks import check_events, check_key, check_keys, check_timeout, check_ttl, encodable
 
 __all__ = ["RedisBackend"]
 
@@ -49,7 +50,7 @@ def _text(value: Any) -> str:
 def _decode_params(key: str, raw: Any) -> Event | None:
     try:
         params = json.loads(_text(raw))
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         _logger.warning("Ignoring a value that is not JSON at %r: %s", key, exc)
         return None
     if not isinstance(params, dict):
@@ -69,7 +70,7 @@ def _decode_batch(raw: Any) -> list[Event]:
             if not isinstance(key, str) or not isinstance(params, dict):
                 raise ValueError(f"bad item {item!r}")
             events.append(Event(key, params))
-    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+    except (ValueError, TypeError, UnicodeDecodeError, RecursionError) as exc:
         _logger.warning("Ignoring a malformed announcement %r: %s", raw, exc)
         return []
     return events
@@ -195,6 +196,10 @@ class RedisBackend(EventBackend):
         try:
             url.encode("utf-8")
             client = redis.Redis.from_url(url, **_URL_DEFAULTS)
+            # Build (without connecting) one connection, so an option in the
+            # query string that redis-py does not know fails here, not at first use.
+            pool = client.connection_pool
+            pool.connection_class(**pool.connection_kwargs)
         except (TypeError, ValueError) as exc:
             msg = f"url must be {expected}, not {shown!r}: {exc}"
             raise ValueError(msg) from exc
@@ -209,10 +214,8 @@ class RedisBackend(EventBackend):
         One pipelined round trip; the first call after Redis lost its script
         cache (a restart) takes two more, to load the script and run again.
         """
-        batch = list(events)
-        if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
-            msg = f"ttl must be a positive whole number of milliseconds, not {ttl!r}"
-            raise ValueError(msg)
+        batch = check_events(events)
+        check_ttl(ttl)
         if not batch:
             return
         calls = [(self._key(event.key), json.dumps(event.params)) for event in batch]
@@ -242,6 +245,8 @@ class RedisBackend(EventBackend):
 
     def poll(self, key: str) -> Event | None:
         """Return the event stored under ``key`` without consuming it."""
+        if not encodable(check_key(key)):
+            return None  # Redis cannot hold it, so nobody stored a request for it
         try:
             raw = self.client.get(self._key(key))
         except redis.ResponseError as exc:  # e.g. WRONGTYPE: someone else's key
@@ -251,7 +256,9 @@ class RedisBackend(EventBackend):
 
     def poll_many(self, keys: Iterable[str]) -> list[Event]:
         """Return the stored events among ``keys``, in one round trip."""
-        wanted = list(keys)
+        # A key Redis cannot hold (a message id with a lone surrogate, which
+        # a broker may still deliver) has no request: skip it, don't fail them all.
+        wanted = [key for key in check_keys(keys) if encodable(key)]
         if not wanted:
             return []
         pipe = self.client.pipeline(transaction=False)
@@ -269,8 +276,8 @@ class RedisBackend(EventBackend):
 
     def wait_many(self, keys: Iterable[str], timeout: int) -> Event | None:
         """Wait up to ``timeout`` ms for one of ``keys``, stored or announced."""
-        wanted = list(keys)
-        deadline = time.monotonic() + timeout / 1000
+        wanted = check_keys(keys)
+        deadline = time.monotonic() + check_timeout(timeout)
         subscription = self.subscribe()
         try:
             found = self.poll_many(wanted)

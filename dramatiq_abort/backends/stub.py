@@ -9,6 +9,7 @@ from collections.abc import Iterable
 
 from .._merge import merge_params
 from ..events import Event, EventBackend, Subscription
+from ._checks import check_events, check_key, check_keys, check_timeout, check_ttl
 
 __all__ = ["StubBackend"]
 
@@ -72,9 +73,9 @@ class StubBackend(EventBackend):
         An event stored under the same key is combined with the new one (the
         stronger request wins) and lives until the later of both expiries.
         """
-        batch = list(events)
+        batch = check_events(events)
         now = time.monotonic()
-        expires = now + ttl / 1000
+        expires = now + check_ttl(ttl) / 1000
         with self._cond:
             for event in batch:
                 stored = self._events.get(event.key)
@@ -92,20 +93,22 @@ class StubBackend(EventBackend):
 
     def poll(self, key: str) -> Event | None:
         """Return the live event stored under ``key``, leaving it in place."""
+        check_key(key)
         with self._cond:
             return self._live(key, time.monotonic())
 
     def poll_many(self, keys: Iterable[str]) -> list[Event]:
         """Return the live events among ``keys``."""
+        wanted = check_keys(keys)
         now = time.monotonic()
         with self._cond:
-            found = (self._live(key, now) for key in keys)
+            found = (self._live(key, now) for key in wanted)
             return [event for event in found if event is not None]
 
     def wait_many(self, keys: Iterable[str], timeout: int) -> Event | None:
         """Wait up to ``timeout`` milliseconds for one of ``keys``."""
-        wanted = list(keys)
-        deadline = time.monotonic() + timeout / 1000
+        wanted = check_keys(keys)
+        deadline = time.monotonic() + check_timeout(timeout)
         with self._cond:
             while True:
                 now = time.monotonic()
@@ -115,7 +118,7 @@ class StubBackend(EventBackend):
                         return event
                 if now >= deadline:
                     return None
-                self._cond.wait(deadline - now)
+                self._cond.wait(min(deadline - now, threading.TIMEOUT_MAX))
 
     def subscribe(self) -> Subscription:
         """Feed every event notified from now on."""

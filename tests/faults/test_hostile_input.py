@@ -8,9 +8,6 @@ Redis error.  Values read back from Redis: the backend's decoders and
 ``AbortRequest.from_event`` never raise, and a real worker fed a batch of
 garbage (stored under its messages' keys and published on its channel)
 keeps working, and a valid ``abort()`` still lands.
-
-Tests marked ``xfail(strict=True)`` pin bugs in code this module's author
-may not change; each reason says what fails and how to fix it.
 """
 
 from __future__ import annotations
@@ -32,7 +29,7 @@ import dramatiq
 import pytest
 from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import RedisServer, require
@@ -69,7 +66,6 @@ FAST = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 #: For the tests pinning known bugs: stop at the first failure, no shrinking.
-KNOWN_BUG = settings(FAST, phases=[Phase.explicit, Phase.generate], report_multiple_bugs=False)
 
 # -- hostile values -------------------------------------------------------------
 
@@ -294,17 +290,7 @@ def long_wait(value: object) -> bool:
     return number and value == value and 20 < value < 10**13  # type: ignore[operator]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "StubBackend.notify does not check its arguments: notify([1], 1000) raises "
-        "AttributeError ('int' object has no attribute 'key'), notify(events, 10**400) "
-        "OverflowError, notify(events, 'x') a TypeError that does not name the value. Fix: "
-        "check that every event is an Event with a str key and that ttl is a positive whole "
-        "number of ms, as RedisBackend.notify does (ValueError/TypeError naming the value)"
-    ),
-)
-@KNOWN_BUG
+@settings(FAST)
 @given(name=st.sampled_from(["events", "an event", "ttl"]), value=HOSTILE)
 def test_stub_backend_notify_arguments(name: str, value: object) -> None:
     """StubBackend.notify with hostile events or ttl stores them or raises a clean error."""
@@ -321,16 +307,7 @@ def test_stub_backend_notify_arguments(name: str, value: object) -> None:
     expect_clean_outcome(lambda: backend.notify(events, ttl), label, value)  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "StubBackend.poll/poll_many do not check keys: poll([]) and poll_many([[]]) raise "
-        "TypeError 'unhashable type', poll_many(None) \"'NoneType' object is not iterable\", "
-        "neither naming the value nor saying a key is a str. Fix: a key check (str, else "
-        "TypeError 'key must be an event key string such as \\'abort:<id>\\', not ...')"
-    ),
-)
-@KNOWN_BUG
+@settings(FAST)
 @given(name=st.sampled_from(["poll", "poll_many keys", "poll_many a key"]), value=HOSTILE)
 def test_stub_backend_poll_arguments(name: str, value: object) -> None:
     """StubBackend.poll and poll_many with hostile keys answer or raise a clean error."""
@@ -344,17 +321,7 @@ def test_stub_backend_poll_arguments(name: str, value: object) -> None:
         expect_clean_outcome(lambda: backend.poll_many([value]), "key", value)  # type: ignore[list-item]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "StubBackend.wait_many does not check timeout: inf, 1e300 or 10**400 raise "
-        "OverflowError from Condition.wait ('timestamp out of range' / 'int too large to "
-        "convert to float'), and keys=None a TypeError that does not name it. Fix: check "
-        "timeout like to_ms (finite, else ValueError naming it) and clamp each wait to "
-        "threading.TIMEOUT_MAX"
-    ),
-)
-@KNOWN_BUG
+@settings(FAST)
 @given(name=st.sampled_from(["keys", "timeout"]), value=HOSTILE)
 def test_stub_backend_wait_many_arguments(name: str, value: object) -> None:
     """StubBackend.wait_many with hostile keys or timeout answers or raises a clean error."""
@@ -568,20 +535,6 @@ def test_announcements_decode_safely(raw: bytes) -> None:
         _check_request(event)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason=(
-        "_request._stamp does float(value) on a JSON int beyond float range "
-        "(requested_at / actor_grace_from = 10**400), and AbortRequest.from_event only "
-        "catches TypeError, ValueError and AttributeError: the OverflowError escapes. A "
-        "worker hits it in before_process_message (the message errors instead of being "
-        "skipped or run) and in the watcher's resync, which then fails on every reconnect "
-        "while that message runs: no abort reaches the worker meanwhile. Fix: in _stamp, "
-        "turn OverflowError into ValueError and reject non-finite values "
-        "(math.isfinite), or catch ArithmeticError in from_event"
-    ),
-)
 @pytest.mark.parametrize("name", ["requested_at", "actor_grace_from"])
 def test_huge_stamps_are_ignored(name: str) -> None:
     """A request whose stamp is an integer beyond float range is ignored, not raised."""
@@ -591,18 +544,6 @@ def test_huge_stamps_are_ignored(name: str) -> None:
     assert AbortRequest.from_event(event) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RecursionError,
-    reason=(
-        "backends/redis.py _decode_params and _decode_batch catch ValueError, TypeError and "
-        "UnicodeDecodeError, not the RecursionError json.loads raises on deeply nested JSON "
-        "(a 2 KB value). Published, it makes the watcher drop its subscription and log "
-        "'Lost the event backend'; stored under a running message's key, it makes every "
-        "resync fail, so the watcher reconnects forever while that message runs. Fix: "
-        "catch RecursionError too in both decoders"
-    ),
-)
 @pytest.mark.parametrize("decoder", ["stored", "announced"])
 def test_deeply_nested_json_is_ignored(decoder: str) -> None:
     """A deeply nested JSON value is logged and ignored like any malformed one."""
@@ -613,20 +554,6 @@ def test_deeply_nested_json_is_ignored(decoder: str) -> None:
         assert _decode_batch(raw) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "_merge keeps a stored request whose numbers lie within +-1e15 (merge_params and "
-        "MERGE_LUA's number()), but the worker rejects an abort_timeout above "
-        "_request.MAX_MS = 1e12 ms (longer waits overflow threading's timeouts). So a stored "
-        "{'mode': 'abort', 'abort_timeout': 9e14, 'requested_at': -9e14} wins the merge "
-        "against a new cancel (an abort beats a cancel), and the worker then ignores the "
-        "merged value: the pending message runs despite the cancel. Fix: in _merge, count an "
-        "abort_timeout above MAX_MS as invalid (garbage is replaced), in both merge_params "
-        "and MERGE_LUA; a property test that _merge._valid(params) implies "
-        "AbortRequest.from_event accepts them would keep the two in step"
-    ),
-)
 def test_a_stored_request_the_worker_rejects_never_masks_a_cancel(
     redis_backend: backends.RedisBackend, redis_client: Any
 ) -> None:

@@ -432,19 +432,6 @@ def log_wait(caplog: pytest.LogCaptureFixture) -> Iterator[LogWait]:
     logger.removeHandler(handler)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "A message id with a lone surrogate (JSON carries '\\ud800', so any broker delivers "
-        "one) cannot be encoded by redis-py: RedisBackend.poll_many raises UnicodeEncodeError "
-        "while that message runs, so every resync fails and the watcher reconnects forever "
-        "('Event backend still unreachable'); no abort reaches this worker meanwhile "
-        "(RedisBackend.poll only logs 'Could not check the event backend'). abort() itself "
-        "now rejects such ids (check_message_id). Fix: in RedisBackend.poll/poll_many (or "
-        "_key), skip keys that are not encodable as UTF-8, or encode them with "
-        "errors='surrogatepass' consistently on both sides"
-    ),
-)
 def test_an_unencodable_message_id_does_not_stop_the_watcher(
     stub_broker: StubBroker,
     redis_server: RedisServer,

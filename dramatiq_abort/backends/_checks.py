@@ -1,0 +1,83 @@
+"""Argument checks shared by the built-in backends: keys, TTLs and timeouts."""
+
+from __future__ import annotations
+
+import math
+import reprlib
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from ..events import Event
+
+#: The longest TTL or wait, in ms; the same bound as the public API's durations.
+MAX_MS = 10**12
+
+
+def check_events(events: Any) -> list[Event]:
+    """Return ``events`` as a list of :class:`Event` with string keys."""
+    if isinstance(events, (str, bytes, Event)) or not isinstance(events, Iterable):
+        msg = f"events must be an iterable of Event objects, such as [Event(...)], not {events!r}"
+        raise TypeError(msg)
+    batch = list(events)
+    for event in batch:
+        if not isinstance(event, Event) or not isinstance(event.key, str):
+            msg = (
+                f"each event must be an Event with a string key, not {event!r} "
+                f"(in {reprlib.repr(batch)})"
+            )
+            raise TypeError(msg)
+        if not encodable(event.key):
+            msg = (
+                f"an event's key must be a string that can be encoded as UTF-8 "
+                f"(no lone surrogates), not {event.key!r}"
+            )
+            raise ValueError(msg)
+        if not isinstance(event.params, dict):
+            msg = f"an event's params must be a dict, not {event.params!r}"
+            raise TypeError(msg)
+    return batch
+
+
+def check_key(key: Any) -> str:
+    """Return ``key`` if it is a string (one that cannot be stored simply has no event)."""
+    if not isinstance(key, str):
+        msg = f"key must be an event key string such as 'abort:<message id>', not {key!r}"
+        raise TypeError(msg)
+    return key
+
+
+def check_keys(keys: Any) -> list[str]:
+    """Return ``keys`` as a list of event keys."""
+    if isinstance(keys, (str, bytes)) or not isinstance(keys, Iterable):
+        msg = f"keys must be an iterable of event key strings, such as ['abort:<id>'], not {keys!r}"
+        raise TypeError(msg)
+    return [check_key(key) for key in keys]
+
+
+def check_ttl(ttl: Any) -> int:
+    """Return ``ttl`` if it is a positive whole number of ms, at most :data:`MAX_MS`."""
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 < ttl <= MAX_MS:
+        msg = f"ttl must be a positive whole number of milliseconds, at most {MAX_MS}, not {ttl!r}"
+        raise ValueError(msg)
+    return ttl
+
+
+def check_timeout(timeout: Any) -> float:
+    """Return a ``wait_many`` timeout (ms) as seconds, bounded by ``threading``'s limit."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        msg = f"timeout must be a number of milliseconds, not {timeout!r}"
+        raise TypeError(msg)
+    if not (isinstance(timeout, int) or math.isfinite(timeout)) or not 0 <= timeout <= MAX_MS:
+        msg = f"timeout must be from 0 to {MAX_MS} milliseconds, not {timeout!r}"
+        raise ValueError(msg)
+    return min(timeout / 1000, threading.TIMEOUT_MAX)
+
+
+def encodable(key: str) -> bool:
+    """Whether ``key`` can be encoded as UTF-8 (a lone surrogate cannot)."""
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

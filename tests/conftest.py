@@ -11,13 +11,16 @@ what they wrote.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,7 +29,7 @@ import pytest
 from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
 
-from dramatiq_abort import Abortable, EventBackend, backends
+from dramatiq_abort import Abort, Abortable, EventBackend, backends
 
 #: Database numbers of the tests: the event backend's, then the RedisBroker's.
 BACKEND_DB = 13
@@ -50,11 +53,26 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A throwaway redis-server on a loopback port; it can be stopped and restarted."""
+    """A throwaway redis-server on a loopback port; it can be stopped and restarted.
 
-    def __init__(self, port: int | None = None) -> None:
+    Args:
+        port: The port; a free one by default.
+        args: The server's listening arguments for a port (default
+            ``--port <port>``), for example a TLS port instead.
+        client_options: Options of the client that checks it answers.
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        args: Callable[[int], list[str]] | None = None,
+        client_options: dict[str, Any] | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="dramatiq-abort-redis-")
+        self.args = args(self.port) if args else ["--port", str(self.port)]
+        self.client_options = client_options or {}
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -69,8 +87,7 @@ class RedisServer:
         self.process = subprocess.Popen(
             [
                 "redis-server",
-                "--port",
-                str(self.port),
+                *self.args,
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -83,17 +100,20 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2, **self.client_options)
         deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
-                time.sleep(0.02)  # polling a process we just started; nothing to wait on
-        client.close()
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except (redis.ConnectionError, OSError):
+                    if time.monotonic() > deadline or self.process.poll() is not None:
+                        msg = f"redis-server {self.args} did not start on port {self.port}"
+                        raise RuntimeError(msg) from None
+                    time.sleep(0.02)  # polling a process we just started; nothing to wait on
+        finally:
+            client.close()
 
     def stop(self) -> None:
         """Kill the server and reap it."""
@@ -118,6 +138,17 @@ def _redis_answers(url: str) -> bool:
     except (redis.RedisError, OSError):
         return False
     return True
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A throwaway redis-server on a free port, started: the test may stop it or cut it off."""
+    pytest.importorskip("redis")
+    require(shutil.which("redis-server") is not None, "redis-server is not installed")
+    server = RedisServer()
+    server.start()
+    yield server
+    server.close()
 
 
 @pytest.fixture(scope="session")
@@ -285,3 +316,89 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.section("fault scenarios")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+#: Bound, in seconds, on any single wait of the in-process tests.
+WAIT = 15.0
+
+
+class LogWatch(logging.Handler):
+    """Collect dramatiq_abort's log records and let the test wait for them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.cond = threading.Condition()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Keep the record and wake the waiting test."""
+        with self.cond:
+            self.records.append(record)
+            self.cond.notify_all()
+
+    def count(self, text: str) -> int:
+        """Number of records so far whose message contains ``text``."""
+        with self.cond:
+            return sum(text in record.getMessage() for record in self.records)
+
+    def wait_for(self, text: str, count: int = 1) -> None:
+        """Wait until ``count`` records contain ``text``; fail after :data:`WAIT` seconds."""
+        with self.cond:
+            if not self.cond.wait_for(lambda: self.count(text) >= count, WAIT):
+                pytest.fail(f"no {count} log record(s) containing {text!r} within {WAIT} s")
+
+    def wait_for_any(self, *texts: str) -> None:
+        """Wait until a record contains one of ``texts``; fail after :data:`WAIT` seconds."""
+        with self.cond:
+            if not self.cond.wait_for(lambda: any(self.count(t) for t in texts), WAIT):
+                pytest.fail(f"no log record containing any of {texts!r} within {WAIT} s")
+
+
+@pytest.fixture
+def log_watch(caplog: pytest.LogCaptureFixture) -> Iterator[LogWatch]:
+    """Watch the library's logs, debug level included (caplog sees them too)."""
+    caplog.set_level(logging.DEBUG, logger="dramatiq_abort")
+    handler = LogWatch()
+    logger = logging.getLogger("dramatiq_abort")
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
+
+
+class Hold:
+    """Test actors' view: which messages started, ran, and how they ended."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: dict[tuple[str, str], threading.Event] = {}
+        self.runs: Counter[str] = Counter()
+        self.outcome: dict[str, str] = {}
+        self.release = threading.Event()
+
+    def event(self, kind: str, name: str) -> threading.Event:
+        """The ``started`` or ``ended`` event of message ``name``."""
+        with self._lock:
+            return self._events.setdefault((kind, name), threading.Event())
+
+    def run(self, name: str) -> None:
+        """Run until released or aborted, for at most :data:`WAIT` seconds."""
+        with self._lock:
+            self.runs[name] += 1
+        self.event("started", name).set()
+        deadline = time.monotonic() + WAIT
+        try:
+            # The body of a long task: Abort lands between two short waits.
+            while not self.release.wait(0.002):
+                if time.monotonic() > deadline:
+                    self.outcome[name] = "ran out of time"
+                    return
+            self.outcome[name] = "released"
+        except Abort:
+            self.outcome[name] = "aborted"
+            raise
+        finally:
+            self.event("ended", name).set()
+
+    def wait(self, kind: str, name: str) -> None:
+        """Wait until message ``name`` has started or ended; fail after :data:`WAIT` s."""
+        assert self.event(kind, name).wait(WAIT), f"message {name!r} never {kind}"

@@ -11,9 +11,8 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import dramatiq
@@ -21,9 +20,8 @@ import pytest
 from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
 
-from conftest import RedisServer, free_port, require
+from conftest import WAIT, Hold, LogWatch, RedisServer, free_port, require
 from dramatiq_abort import (
-    Abort,
     Abortable,
     BackendUnavailableError,
     abort,
@@ -32,101 +30,10 @@ from dramatiq_abort import (
 
 StartWorker = Callable[..., Worker]
 
-#: Bound, in seconds, on any single wait of these tests; the watcher's
-#: reconnection backoff is at most 5 s.
-WAIT = 15.0
 LOST = "Lost the event backend"
 STILL_DOWN = "Event backend still unreachable"
 BACK = "Event backend is reachable again"
 HOT_PATH = "Could not check the event backend"
-
-
-class LogWatch(logging.Handler):
-    """Collect dramatiq_abort's log records and let the test wait for one."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.cond = threading.Condition()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        """Keep the record and wake the waiting test."""
-        with self.cond:
-            self.records.append(record)
-            self.cond.notify_all()
-
-    def count(self, text: str) -> int:
-        """Number of records so far whose message contains ``text``."""
-        with self.cond:
-            return sum(text in record.getMessage() for record in self.records)
-
-    def wait_for(self, text: str, count: int = 1) -> None:
-        """Wait until ``count`` records contain ``text``; fail after :data:`WAIT` seconds."""
-        with self.cond:
-            if not self.cond.wait_for(lambda: self.count(text) >= count, WAIT):
-                pytest.fail(f"no {count} log record(s) containing {text!r} within {WAIT} s")
-
-
-@pytest.fixture
-def log_watch(caplog: pytest.LogCaptureFixture) -> Iterator[LogWatch]:
-    """Watch the library's logs, debug level included (caplog sees them too)."""
-    caplog.set_level(logging.DEBUG, logger="dramatiq_abort")
-    handler = LogWatch()
-    logger = logging.getLogger("dramatiq_abort")
-    logger.addHandler(handler)
-    yield handler
-    logger.removeHandler(handler)
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    """A throwaway redis-server on a free port, started."""
-    pytest.importorskip("redis")
-    require(shutil.which("redis-server") is not None, "redis-server is not installed")
-    server = RedisServer()
-    server.start()
-    yield server
-    server.close()
-
-
-class Hold:
-    """Test actors' view: which messages started, ran, and how they ended."""
-
-    def __init__(self) -> None:
-        self.started: dict[str, threading.Event] = {}
-        self.ended: dict[str, threading.Event] = {}
-        self.runs: Counter[str] = Counter()
-        self.outcome: dict[str, str] = {}
-        self.release = threading.Event()
-        self._lock = threading.Lock()
-
-    def event(self, kind: str, name: str) -> threading.Event:
-        """The ``started`` or ``ended`` event of message ``name``."""
-        table = self.started if kind == "started" else self.ended
-        with self._lock:
-            return table.setdefault(name, threading.Event())
-
-    def run(self, name: str) -> None:
-        """Run until released or aborted, for at most :data:`WAIT` seconds."""
-        self.runs[name] += 1
-        self.event("started", name).set()
-        deadline = time.monotonic() + WAIT
-        try:
-            while not self.release.is_set():
-                if time.monotonic() > deadline:
-                    self.outcome[name] = "ran out of time"
-                    return
-                time.sleep(0.002)  # the body of a long task; Abort lands between sleeps
-            self.outcome[name] = "released"
-        except Abort:
-            self.outcome[name] = "aborted"
-            raise
-        finally:
-            self.event("ended", name).set()
-
-    def wait(self, kind: str, name: str) -> None:
-        """Wait until message ``name`` has started or ended; fail after :data:`WAIT` s."""
-        assert self.event(kind, name).wait(WAIT), f"message {name!r} never {kind}"
 
 
 def declare(

@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import logging
 import shutil
-import subprocess
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import dramatiq
@@ -26,61 +23,14 @@ import pytest
 from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
 
-from conftest import RedisServer, join, require
-from dramatiq_abort import Abort, Abortable, BackendUnavailableError, abort, backends
+from conftest import WAIT, Hold, RedisServer, join, require
+from dramatiq_abort import Abortable, BackendUnavailableError, abort, backends
 
 StartWorker = Callable[..., Worker]
 
 #: Bound, in seconds, on any single wait of these tests.
-WAIT = 15.0
 #: A password that needs quoting in a URL.
 PASSWORD = "s3cret:/@ pw%"
-
-
-class ConfiguredRedisServer(RedisServer):
-    """A throwaway redis-server started with extra arguments, checked with client options."""
-
-    def __init__(
-        self, args_for_port: Callable[[int], list[str]], client_options: dict[str, Any]
-    ) -> None:
-        super().__init__()
-        self.args = args_for_port(self.port)
-        self.client_options = client_options
-
-    def start(self) -> None:
-        """Start the server and wait until it answers PING with ``client_options``."""
-        import redis
-
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.dir,
-                *self.args,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2, **self.client_options)
-        deadline = time.monotonic() + 10
-        try:
-            while True:
-                try:
-                    client.ping()
-                    return
-                except (redis.ConnectionError, OSError):
-                    if time.monotonic() > deadline or self.process.poll() is not None:
-                        msg = f"redis-server {self.args} did not start on port {self.port}"
-                        raise RuntimeError(msg) from None
-                    time.sleep(0.02)  # polling a process we just started; nothing to wait on
-        finally:
-            client.close()
 
 
 def _require_redis_server() -> None:
@@ -89,11 +39,12 @@ def _require_redis_server() -> None:
 
 
 @pytest.fixture
-def password_server() -> Iterator[ConfiguredRedisServer]:
+def password_server() -> Iterator[RedisServer]:
     """A redis-server that requires :data:`PASSWORD`."""
     _require_redis_server()
-    server = ConfiguredRedisServer(
-        lambda port: ["--port", str(port), "--requirepass", PASSWORD], {"password": PASSWORD}
+    server = RedisServer(
+        args=lambda port: ["--port", str(port), "--requirepass", PASSWORD],
+        client_options={"password": PASSWORD},
     )
     server.start()
     yield server
@@ -114,7 +65,7 @@ def certificates(tmp_path: Path) -> dict[str, Path]:
 
 
 @pytest.fixture
-def tls_server(certificates: dict[str, Path]) -> Iterator[ConfiguredRedisServer]:
+def tls_server(certificates: dict[str, Path]) -> Iterator[RedisServer]:
     """A redis-server that listens only on a TLS port; clients need no certificate."""
     _require_redis_server()
 
@@ -127,44 +78,17 @@ def tls_server(certificates: dict[str, Path]) -> Iterator[ConfiguredRedisServer]
             *("--tls-auth-clients", "no"),
         ]
 
-    server = ConfiguredRedisServer(
-        args, {"ssl": True, "ssl_ca_certs": str(certificates["ca"]), "ssl_cert_reqs": "required"}
+    server = RedisServer(
+        args=args,
+        client_options={
+            "ssl": True,
+            "ssl_ca_certs": str(certificates["ca"]),
+            "ssl_cert_reqs": "required",
+        },
     )
     server.start()
     yield server
     server.close()
-
-
-class Hold:
-    """The hold actor's view: which messages started, how they ended."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._events: dict[tuple[str, str], threading.Event] = {}
-        self.outcome: dict[str, str] = {}
-
-    def event(self, kind: str, name: str) -> threading.Event:
-        """The ``started`` or ``ended`` event of message ``name``."""
-        with self._lock:
-            return self._events.setdefault((kind, name), threading.Event())
-
-    def run(self, name: str) -> None:
-        """Run until aborted, for at most :data:`WAIT` seconds."""
-        self.event("started", name).set()
-        try:
-            # The body of a long task: Abort lands between two short waits.
-            for _ in range(int(WAIT / 0.002)):
-                self.event("never", name).wait(0.002)
-            self.outcome[name] = "ran out of time"
-        except Abort:
-            self.outcome[name] = "aborted"
-            raise
-        finally:
-            self.event("ended", name).set()
-
-    def wait(self, kind: str, name: str) -> None:
-        """Wait until message ``name`` has started or ended; fail after :data:`WAIT` s."""
-        assert self.event(kind, name).wait(WAIT), f"message {name!r} never {kind}"
 
 
 def abort_a_running_message(
@@ -193,7 +117,7 @@ def abort_a_running_message(
 @pytest.mark.parametrize("user", ["", "default"], ids=["password-only", "user-and-password"])
 def test_password_in_the_url_works_end_to_end(
     user: str,
-    password_server: ConfiguredRedisServer,
+    password_server: RedisServer,
     stub_broker: StubBroker,
     namespace: str,
     start_worker: StartWorker,
@@ -214,7 +138,7 @@ def test_password_in_the_url_works_end_to_end(
 )
 def test_tls_url_works_end_to_end(
     options: str,
-    tls_server: ConfiguredRedisServer,
+    tls_server: RedisServer,
     certificates: dict[str, Path],
     stub_broker: StubBroker,
     namespace: str,
@@ -242,7 +166,7 @@ def test_tls_url_works_end_to_end(
 def test_tls_without_the_right_settings_fails_clearly(
     scheme_and_query: str,
     error: str,
-    tls_server: ConfiguredRedisServer,
+    tls_server: RedisServer,
     namespace: str,
 ) -> None:
     """Without the CA, or without TLS, abort() raises BackendUnavailableError saying why."""
@@ -265,7 +189,7 @@ def test_tls_without_the_right_settings_fails_clearly(
     ids=["wrong", "wrong-with-user", "missing"],
 )
 def test_a_wrong_password_fails_at_first_use(
-    credentials: str, error: str, password_server: ConfiguredRedisServer, namespace: str
+    credentials: str, error: str, password_server: RedisServer, namespace: str
 ) -> None:
     """With a wrong or missing password from_url succeeds; the first abort() says auth failed."""
     at = "@" if credentials else ""
@@ -281,7 +205,7 @@ def test_a_wrong_password_fails_at_first_use(
 
 
 def test_a_worker_with_a_wrong_password_warns_and_keeps_processing(
-    password_server: ConfiguredRedisServer,
+    password_server: RedisServer,
     stub_broker: StubBroker,
     namespace: str,
     start_worker: StartWorker,

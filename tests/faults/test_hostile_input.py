@@ -16,7 +16,6 @@ import itertools
 import json
 import logging
 import re
-import shutil
 import signal
 import subprocess
 import threading
@@ -32,9 +31,8 @@ from dramatiq.brokers.stub import StubBroker
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import RedisServer, require
+from conftest import WAIT, Hold, LogWatch, RedisServer
 from dramatiq_abort import (
-    Abort,
     Abortable,
     AbortMode,
     AbortScope,
@@ -54,7 +52,6 @@ from dramatiq_abort.events import Event
 StartWorker = Callable[..., Worker]
 
 #: Bound, in seconds, on any single wait of these tests.
-WAIT = 15.0
 
 #: Hypothesis settings of this module: reproducible, no example database,
 #: no per-example deadline (a Redis round trip may be slow on a busy host).
@@ -574,43 +571,6 @@ STILL_DOWN = "Event backend still unreachable"
 BACK = "Event backend is reachable again"
 
 
-class LogWatch(logging.Handler):
-    """Collect the library's log records and let the test wait for one."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.cond = threading.Condition()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        """Keep the record and wake the waiting test."""
-        with self.cond:
-            self.records.append(record)
-            self.cond.notify_all()
-
-    def count(self, text: str) -> int:
-        """Number of records so far whose message contains ``text``."""
-        with self.cond:
-            return sum(text in record.getMessage() for record in self.records)
-
-    def wait_for(self, text: str, count: int = 1) -> None:
-        """Wait until ``count`` records contain ``text``; fail after :data:`WAIT` seconds."""
-        with self.cond:
-            if not self.cond.wait_for(lambda: self.count(text) >= count, WAIT):
-                pytest.fail(f"no {count} log record(s) containing {text!r} within {WAIT} s")
-
-
-@pytest.fixture
-def log_watch(caplog: pytest.LogCaptureFixture) -> Iterator[LogWatch]:
-    """Watch the library's logs, debug level included."""
-    caplog.set_level(logging.DEBUG, logger="dramatiq_abort")
-    handler = LogWatch()
-    logger = logging.getLogger("dramatiq_abort")
-    logger.addHandler(handler)
-    yield handler
-    logger.removeHandler(handler)
-
-
 @pytest.fixture
 def thread_errors() -> Iterator[list[threading.ExceptHookArgs]]:
     """Record every exception that ends a thread (the original hook still reports it)."""
@@ -624,51 +584,6 @@ def thread_errors() -> Iterator[list[threading.ExceptHookArgs]]:
     threading.excepthook = spy
     yield errors
     threading.excepthook = original
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    """A throwaway redis-server: the test may cut its connections."""
-    pytest.importorskip("redis")
-    require(shutil.which("redis-server") is not None, "redis-server is not installed")
-    server = RedisServer()
-    server.start()
-    yield server
-    server.close()
-
-
-class Hold:
-    """The hold actor's view: which messages started, how they ended."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._events: dict[tuple[str, str], threading.Event] = {}
-        self.outcome: dict[str, str] = {}
-        self.runs: Counter[str] = Counter()
-
-    def event(self, kind: str, name: str) -> threading.Event:
-        """The ``started`` or ``ended`` event of message ``name``."""
-        with self._lock:
-            return self._events.setdefault((kind, name), threading.Event())
-
-    def run(self, name: str) -> None:
-        """Run until aborted, for at most :data:`WAIT` seconds."""
-        self.runs[name] += 1
-        self.event("started", name).set()
-        try:
-            # The body of a long task: Abort lands between two short waits.
-            for _ in range(int(WAIT / 0.002)):
-                self.event("never", name).wait(0.002)
-            self.outcome[name] = "ran out of time"
-        except Abort:
-            self.outcome[name] = "aborted"
-            raise
-        finally:
-            self.event("ended", name).set()
-
-    def wait(self, kind: str, name: str) -> None:
-        """Wait until message ``name`` has started or ended; fail after :data:`WAIT` s."""
-        assert self.event(kind, name).wait(WAIT), f"message {name!r} never {kind}"
 
 
 def library_threads_alive() -> set[str]:

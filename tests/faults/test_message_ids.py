@@ -17,11 +17,9 @@ from __future__ import annotations
 import json
 import logging
 import pickle
-import shutil
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +28,12 @@ import pytest
 from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
 
-from conftest import BACKEND_DB, RedisServer, join, require
+from conftest import BACKEND_DB, WAIT, Hold, LogWatch, RedisServer, join
 from dramatiq_abort import Abort, Abortable, abort, abort_requested, backends
 
 StartWorker = Callable[..., Worker]
 
 #: Bound, in seconds, on any single wait of these tests.
-WAIT = 15.0
 
 #: Ids that are hard on keys, logs and protocols.
 UNUSUAL_IDS = [
@@ -72,55 +69,6 @@ UNUSUAL_IDS = [
 ]
 #: The id of the message that runs beside them and must never be touched.
 BYSTANDER = "abc"
-
-
-class Hold:
-    """The hold actor's view: which messages started, how they ended."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._events: dict[tuple[str, str], threading.Event] = {}
-        self.outcome: dict[str, str] = {}
-        self.runs: Counter[str] = Counter()
-        self.release = threading.Event()
-
-    def event(self, kind: str, name: str) -> threading.Event:
-        """The ``started`` or ``ended`` event of message ``name``."""
-        with self._lock:
-            return self._events.setdefault((kind, name), threading.Event())
-
-    def run(self, name: str) -> None:
-        """Run until released or aborted, for at most :data:`WAIT` seconds."""
-        self.runs[name] += 1
-        self.event("started", name).set()
-        try:
-            # The body of a long task: Abort lands between two short waits.
-            deadline = time.monotonic() + WAIT
-            while not self.release.wait(0.002):
-                if time.monotonic() > deadline:
-                    self.outcome[name] = "ran out of time"
-                    return
-            self.outcome[name] = "released"
-        except Abort:
-            self.outcome[name] = "aborted"
-            raise
-        finally:
-            self.event("ended", name).set()
-
-    def wait(self, kind: str, name: str) -> None:
-        """Wait until message ``name`` has started or ended; fail after :data:`WAIT` s."""
-        assert self.event(kind, name).wait(WAIT), f"message {name!r} never {kind}"
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    """A throwaway redis-server: every key in it was written by the test."""
-    pytest.importorskip("redis")
-    require(shutil.which("redis-server") is not None, "redis-server is not installed")
-    server = RedisServer()
-    server.start()
-    yield server
-    server.close()
 
 
 def all_keys(client: Any) -> set[bytes]:
@@ -395,49 +343,12 @@ def test_pickles_in_redis_are_never_unpickled(
     assert sum("malformed announcement" in text for text in warnings) == len(payloads)
 
 
-class LogWait(logging.Handler):
-    """Let the test wait for the library's log records."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.cond = threading.Condition()
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        """Keep the message and wake the waiting test."""
-        with self.cond:
-            self.messages.append(record.getMessage())
-            self.cond.notify_all()
-
-    def count(self, text: str) -> int:
-        """Number of messages so far that contain ``text``."""
-        with self.cond:
-            return sum(text in message for message in self.messages)
-
-    def wait_for_any(self, *texts: str) -> None:
-        """Wait until a message contains one of ``texts``; fail after :data:`WAIT` seconds."""
-        with self.cond:
-            if not self.cond.wait_for(lambda: any(self.count(t) for t in texts), WAIT):
-                pytest.fail(f"no log record containing any of {texts!r} within {WAIT} s")
-
-
-@pytest.fixture
-def log_wait(caplog: pytest.LogCaptureFixture) -> Iterator[LogWait]:
-    """Watch the library's logs, debug level included."""
-    caplog.set_level(logging.DEBUG, logger="dramatiq_abort")
-    handler = LogWait()
-    logger = logging.getLogger("dramatiq_abort")
-    logger.addHandler(handler)
-    yield handler
-    logger.removeHandler(handler)
-
-
 def test_an_unencodable_message_id_does_not_stop_the_watcher(
     stub_broker: StubBroker,
     redis_server: RedisServer,
     namespace: str,
     start_worker: StartWorker,
-    log_wait: LogWait,
+    log_watch: LogWatch,
 ) -> None:
     """A running message whose id has a lone surrogate leaves the watcher's resync working."""
     backend = backends.RedisBackend.from_url(f"{redis_server.url}/0", namespace=namespace)
@@ -464,8 +375,8 @@ def test_an_unencodable_message_id_does_not_stop_the_watcher(
         client = redis.Redis(port=redis_server.port)
         assert client.client_kill_filter(_type="pubsub") == 1  # the watcher resyncs
         client.close()
-        log_wait.wait_for_any("Event backend is reachable again", "still unreachable")
-        assert log_wait.count("still unreachable") == 0
+        log_watch.wait_for_any("Event backend is reachable again", "still unreachable")
+        assert log_watch.count("still unreachable") == 0
         abort(other.message_id)
         hold.wait("ended", "other")
         assert hold.outcome["other"] == "aborted"

@@ -7,31 +7,19 @@ so only the event backend goes away.
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from faultkit import assert_clean_output, report, scenario
 
-from conftest import RedisServer, require
+from conftest import RedisServer
 from dramatiq_abort import BackendUnavailableError
 
 QUICK = 0.02  # seconds each quick message runs
 
 
-@pytest.fixture
-def backend_server() -> Iterator[RedisServer]:
-    """A throwaway redis-server for the event backend, started."""
-    require(shutil.which("redis-server") is not None, "redis-server is not installed")
-    server = RedisServer()
-    server.start()
-    yield server
-    server.close()
-
-
 def test_redis_restart_loses_nothing_and_aborts_reach_older_messages(
-    redis_base_url: str, backend_server: RedisServer, tmp_path: Path
+    redis_base_url: str, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     """Across a backend restart: every message runs once, and a later abort stops an older one.
 
@@ -40,7 +28,7 @@ def test_redis_restart_loses_nothing_and_aborts_reach_older_messages(
     still lands; every quick message ran exactly once and ended normally;
     the worker's background threads are alive and it shuts down cleanly.
     """
-    with scenario(redis_base_url, tmp_path, backend_url=f"{backend_server.url}/0") as world:
+    with scenario(redis_base_url, tmp_path, backend_url=f"{redis_server.url}/0") as world:
         worker = world.worker(threads=4)
         long = world.client.send("hold", "long", 120.0)
         world.log.wait_for("start", "long")
@@ -49,7 +37,7 @@ def test_redis_restart_loses_nothing_and_aborts_reach_older_messages(
             world.client.send("hold", name, QUICK)
         world.log.wait_for("end", count=20)
 
-        backend_server.stop()
+        redis_server.stop()
         with pytest.raises(BackendUnavailableError):
             world.client.abort(long.message_id)
         during = [f"during-{i}" for i in range(20)]
@@ -57,7 +45,7 @@ def test_redis_restart_loses_nothing_and_aborts_reach_older_messages(
             world.client.send("hold", name, QUICK)
         world.log.wait_for("end", count=40)
 
-        backend_server.start()
+        redis_server.start()
         returned = world.client.abort(long.message_id)
         aborted = world.log.wait_for("aborted", "long")
         after = [f"after-{i}" for i in range(20)]

@@ -124,10 +124,10 @@ dramatiq.set_broker(broker)
 
 def _run(name: str, seconds: float) -> None:
     """The body of the long actors: short sleeps, so an Abort lands within ms."""
-    record("start", name=name)
     reported = False
     end = time.monotonic() + seconds
     try:
+        record("start", name=name)
         while time.monotonic() < end:
             time.sleep(0.002)
             if not reported:

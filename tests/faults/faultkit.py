@@ -84,37 +84,57 @@ class StepLog:
         self.key = key
         self.steps: list[dict[str, Any]] = []
 
-    def _pull(self, timeout: float) -> bool:
+    def _pull(self, timeout: float) -> list[dict[str, Any]]:
+        """Block (BLPOP) up to ``timeout`` s for the next step, then take up to 1,000 more."""
         item = self.client.blpop([self.key], timeout=max(0.01, timeout))
         if item is None:
-            return False
-        self.steps.append(json.loads(item[1]))
-        return True
+            return []
+        raws = [item[1], *(self.client.lpop(self.key, 1000) or [])]  # LPOP count: Redis 6.2+
+        steps = [json.loads(raw) for raw in raws]
+        self.steps.extend(steps)
+        return steps
 
     def drain(self) -> None:
         """Take every step recorded so far."""
         while True:
-            raw = self.client.lpop(self.key)
-            if raw is None:
+            raws = self.client.lpop(self.key, 1000)
+            if not raws:
                 return
-            self.steps.append(json.loads(raw))
+            self.steps.extend(json.loads(raw) for raw in raws)
 
     def wait(
         self, match: Callable[[dict[str, Any]], bool], count: int = 1, timeout: float = WAIT
     ) -> list[dict[str, Any]]:
         """Wait until ``count`` steps satisfy ``match``; return them."""
         deadline = time.monotonic() + timeout
-        while True:
-            found = [step for step in self.steps if match(step)]
-            if len(found) >= count:
-                return found
+        found = [step for step in self.steps if match(step)]
+        while len(found) < count:
             left = deadline - time.monotonic()
-            pulled = left > 0 and self._pull(left)
-            if not pulled and time.monotonic() >= deadline:
+            new = self._pull(left) if left > 0 else []
+            if not new and time.monotonic() >= deadline:
                 raise AssertionError(
                     f"waited {timeout} s for {count} matching steps, saw {len(found)}; "
                     f"last steps: {self.steps[-5:]}"
                 )
+            found.extend(step for step in new if match(step))
+        return found
+
+    def follow(
+        self,
+        on_step: Callable[[dict[str, Any]], None],
+        done: Callable[[], bool],
+        *,
+        limit: float = 120.0,
+    ) -> None:
+        """Hand every new step to ``on_step`` until ``done()``; fail when steps stop coming."""
+        deadline = time.monotonic() + limit
+        while not done():
+            left = min(WAIT, deadline - time.monotonic())
+            assert left > 0, f"not done after {limit} s; last steps: {self.steps[-5:]}"
+            steps = self._pull(left)
+            assert steps, f"no step for {left:.0f} s; last steps: {self.steps[-5:]}"
+            for step in steps:
+                on_step(step)
 
     def wait_for(self, ev: str, name: str | None = None, count: int = 1, **kw: Any) -> Any:
         """Wait for ``count`` steps ``ev`` (of message ``name``); return the last."""

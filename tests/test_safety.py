@@ -351,10 +351,15 @@ def test_abort_at_the_instant_a_message_finishes_never_hits_the_next(
     assert not late, f"Abort landed after the actor returned: {len(late)} of {len(victims)}"
 
 
-#: Straight-line code: no loop and no call, so the interpreter never stops in it
-#: to switch threads or raise an asynchronous exception.
+#: The whole actor: it asks for its own abort, then runs straight-line code (no
+#: loop and no call, so the interpreter never stops in it to switch threads or
+#: raise an asynchronous exception), marks that it returned, and returns.  The
+#: first place its thread can take the Abort is back in the guard, after the
+#: actor's code ended, or right after the call to abort(), before the mark.
 _TAIL_SOURCE = (
-    "def straight_tail(marks, key):\n"
+    "def finish_late():\n"
+    "    key = CurrentMessage.get_current_message().message_id\n"
+    "    abort(key)\n"
     "    total = 0\n" + "    total = total + 1\n" * 30_000 + "    marks[key] = 'returned'\n"
 )
 
@@ -367,23 +372,10 @@ def test_abort_due_as_the_actor_returns_is_dropped(
     stub_broker.add_middleware(Abortable(backend=backends.StubBackend()))
     outcomes = Outcomes()
     stub_broker.add_middleware(outcomes)
-    namespace: dict[str, Any] = {}
-    exec(compile(_TAIL_SOURCE, "<straight tail>", "exec"), namespace)
-    straight_tail = namespace["straight_tail"]
     marks: dict[str, str] = {}
-
-    @dramatiq.actor(broker=stub_broker, max_retries=0)
-    def finish_late() -> None:
-        current = CurrentMessage.get_current_message()
-        assert current is not None
-        # The watcher wakes and wants the interpreter while the tail runs; the
-        # first place the worker thread can let it in is after the actor returned.
-        abort(current.message_id)
-        try:
-            straight_tail(marks, current.message_id)
-        except Abort:
-            marks[current.message_id] = "aborted"
-            raise
+    namespace: dict[str, Any] = {"CurrentMessage": CurrentMessage, "abort": abort, "marks": marks}
+    exec(compile(_TAIL_SOURCE, "<straight tail>", "exec"), namespace)
+    finish_late = dramatiq.actor(broker=stub_broker, max_retries=0)(namespace["finish_late"])
 
     worker = start_worker(stub_broker, worker_threads=1)
     messages = [finish_late.send() for _ in range(30)]

@@ -57,6 +57,7 @@ class _Running:
 
     __slots__ = (
         "checked",
+        "cleanup_s",
         "deadline",
         "default_grace_ms",
         "delivered",
@@ -64,15 +65,19 @@ class _Running:
         "fired",
         "held",
         "hooks",
+        "is_async",
         "message_id",
         "request",
         "retries",
         "shield_depth",
         "state",
         "thread_id",
+        "wake",
     )
 
-    def __init__(self, message_id: str, thread_id: int, default_grace_ms: int = 0) -> None:
+    def __init__(
+        self, message_id: str, thread_id: int, default_grace_ms: int = 0, cleanup_s: float = 5.0
+    ) -> None:
         self.message_id = message_id
         self.thread_id = thread_id
         self.state = PENDING
@@ -87,6 +92,9 @@ class _Running:
         self.shield_depth = 0  # open shielded scopes: delivery is held back while > 0
         self.held = False  # an Abort came due inside a shield
         self.hooks: list[Callable[[], None]] = []  # run (watcher side) when Abort is delivered
+        self.is_async = False  # an async def actor: Abort goes into its coroutine, not the thread
+        self.wake: Callable[[], None] | None = None  # schedules that, once the coroutine runs
+        self.cleanup_s = cleanup_s  # how long an aborted coroutine may clean up before cancel
 
     def __repr__(self) -> str:
         return f"<_Running {self.message_id!r} state={self.state} deadline={self.deadline}>"
@@ -102,9 +110,11 @@ class Registry:
 
     # -- worker thread side -------------------------------------------------
 
-    def register(self, message_id: str, default_grace_ms: int = 0) -> _Running:
+    def register(
+        self, message_id: str, default_grace_ms: int = 0, cleanup_s: float = 5.0
+    ) -> _Running:
         """Register the message the calling thread is about to process."""
-        entry = _Running(message_id, threading.get_ident(), default_grace_ms)
+        entry = _Running(message_id, threading.get_ident(), default_grace_ms, cleanup_s)
         with self._lock:
             self._by_id[message_id] = entry
             self._by_thread[entry.thread_id] = entry
@@ -152,12 +162,13 @@ class Registry:
         with self._lock:
             return list(self._by_id)
 
-    def _enter(self, entry: _Running) -> None:
+    def _enter(self, entry: _Running, *, is_async: bool = False) -> None:
         with self._lock:
             entry.depth += 1
             if entry.state != STARTED:
                 return
             entry.state = ENTERED
+            entry.is_async = is_async
             due = entry.deadline is not None and entry.deadline <= time.monotonic()
             if due:
                 entry.delivered = entry.fired = True
@@ -173,7 +184,8 @@ class Registry:
             if entry.depth > 0:
                 return
             entry.state = LEFT
-            if entry.delivered and not entry.fired:
+            entry.wake = None
+            if entry.delivered and not entry.fired and not entry.is_async:
                 # A direct C call: calling a Python function here would let the
                 # pending exception fire at its first line instead.
                 _interrupt.clear_async_exc(entry.thread_id, _interrupt.NULL)
@@ -255,12 +267,30 @@ class Registry:
         if entry.shield_depth:
             entry.held = True  # raised by shield_exit, when the critical section ends
             return NOTHING
+        if entry.is_async:
+            # The coroutine gets Abort at its current await, on the event loop
+            # (see _async); before it runs, it gets it at its first await.
+            entry.delivered = True
+            if entry.wake is not None:
+                entry.wake()
+            return DELIVERED
         frame = sys._current_frames().get(entry.thread_id)
         if frame is not None and frame.f_code in _TRANSIT_CODES:
             entry.retries += 1
             return RETRY
         entry.delivered = _interrupt.raise_in_thread(entry.thread_id, Abort)
         return DELIVERED if entry.delivered else NOTHING
+
+    def attach_waker(self, entry: _Running, wake: Callable[[], None]) -> bool:
+        """Let deliveries call ``wake``; ``True`` if ``Abort`` was already delivered."""
+        with self._lock:
+            entry.wake = wake
+            return entry.delivered and not entry.fired
+
+    def detach_waker(self, entry: _Running) -> None:
+        """Stop calling the entry's waker (its coroutine has ended)."""
+        with self._lock:
+            entry.wake = None
 
     # -- scopes --------------------------------------------------------------
 

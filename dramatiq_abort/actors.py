@@ -51,9 +51,10 @@ def _sync_wrapper(on_abort: Callable[..., Any]) -> Any:
 def _async_wrapper(on_abort: Callable[..., Any]) -> Any:
     @wrapt.decorator
     def on_abort_async(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        # This part runs in the worker thread (dramatiq's async_to_sync calls
-        # it there), so the running message is known; the coroutine then runs
-        # on the event loop thread, where an abort shows as cancellation.
+        # This part runs in the worker thread (the async guard calls it there),
+        # so the running message is known; the coroutine then runs on the
+        # event loop thread, where an abort arrives as Abort, or as a
+        # cancellation once the cleanup time ran out.
         entry = REGISTRY.current()
         coroutine = wrapped(*args, **kwargs)
 

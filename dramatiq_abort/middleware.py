@@ -11,6 +11,7 @@ from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import Middleware, SkipMessage
 from dramatiq.worker import Worker
 
+from ._async import _AsyncGuarded, is_async_actor_fn
 from ._registry import REGISTRY, _Guarded, _Running
 from ._request import (
     DEFAULT_GRACE,
@@ -56,6 +57,11 @@ class Abortable(Middleware):
             and a CPU-bound actor holds it for a whole interval (5 ms by
             default) before handing it over, so this bounds abort latency.
             ``None`` leaves the interpreter's setting alone.
+        cleanup_timeout: For ``async def`` actors: how long (ms or
+            ``timedelta``) the coroutine may go on after ``Abort`` was
+            thrown into it, cleaning up in ``except``/``finally`` blocks that
+            may ``await``, before its task is cancelled.  The message ends as
+            aborted either way.
 
     Note:
         ``Abort`` is raised in the worker thread as an asynchronous
@@ -79,6 +85,7 @@ class Abortable(Middleware):
         abortable: bool = True,
         abort_ttl: Duration = 90000,
         switch_interval_ms: float | None = 1.0,
+        cleanup_timeout: Duration = 5000,
     ) -> None:
         if not isinstance(backend, EventBackend):
             msg = (
@@ -107,6 +114,7 @@ class Abortable(Middleware):
             )
             raise ValueError(msg)
         self.switch_interval_ms = switch_interval_ms
+        self.cleanup_timeout = to_ms(cleanup_timeout, "cleanup_timeout")
         self._saved_interval: float | None = None
         self.logger = dramatiq.logging.get_logger(__name__, type(self))
         self._registry = REGISTRY
@@ -159,7 +167,10 @@ class Abortable(Middleware):
         # The guard confines delivery to the actor's own code; listing Abort
         # in ``throws`` makes Retries fail the message instead of retrying it
         # and makes the worker log one line instead of a traceback.
-        actor.fn = self._registry.guard(actor.fn)
+        if is_async_actor_fn(actor.fn):
+            actor.fn = _AsyncGuarded(actor.fn, self._registry)
+        else:
+            actor.fn = self._registry.guard(actor.fn)
         throws = actor.options.get("throws") or ()
         if not isinstance(throws, tuple):
             throws = (throws,)
@@ -177,13 +188,17 @@ class Abortable(Middleware):
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         """Skip a message with a request; otherwise register it as running."""
         actor = broker.get_actor(message.actor_name)
-        if not isinstance(actor.fn, _Guarded):
+        if not isinstance(actor.fn, (_Guarded, _AsyncGuarded)):
             self._prepare(actor)  # declared before this middleware was added
         if not self._is_abortable(actor, message):
             return
         # Register first, then look: a request announced in between is
         # recorded on the entry by the watcher, so none falls in the gap.
-        entry = self._registry.register(message.message_id, actor.options.get("abort_timeout") or 0)
+        entry = self._registry.register(
+            message.message_id,
+            actor.options.get("abort_timeout") or 0,
+            self.cleanup_timeout / 1000,
+        )
         if self._watcher.healthy or not self._watcher.running:
             entry.checked = self._check_backend(entry)
         if not self._registry.start(entry):

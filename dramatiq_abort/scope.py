@@ -118,7 +118,8 @@ class AbortScope:
     def _left_by_abort(self, exc: BaseException | None) -> bool:
         if isinstance(exc, Abort):
             return True
-        # In an async def actor an abort reaches the coroutine as a cancellation.
+        # In an async def actor an abort ends as a cancellation once the
+        # coroutine outlived its cleanup time (see _async).
         entry = self._entry
         return isinstance(exc, asyncio.CancelledError) and entry is not None and entry.delivered
 

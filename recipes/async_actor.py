@@ -1,23 +1,22 @@
-"""Abort an ``async def`` actor: its coroutine is cancelled, then ``on_abort`` runs.
+"""Abort an ``async def`` actor: ``Abort`` reaches its coroutine, then ``on_abort`` runs.
 
 dramatiq runs ``async def`` actors on an event loop thread, which needs
 dramatiq's ``AsyncIO`` middleware on the broker.  When such a message is
-aborted, ``Abort`` lands in the worker thread that waits for the coroutine,
-and dramatiq cancels the coroutine: it sees ``asyncio.CancelledError`` at
-the ``await`` it is suspended in, where ``try``/``finally`` and ``async
-with`` blocks run as usual.  Then ``@abortable_actor(on_abort=...)`` calls
-the handler, which may be ``async`` too, and the message fails with
-``Abort``.
+aborted, ``Abort`` is thrown into the coroutine at the ``await`` it is
+suspended in, within milliseconds, where ``except Abort:``, ``finally`` and
+``async with`` blocks run as usual and may ``await``.  Then
+``@abortable_actor(on_abort=...)`` calls the handler, which may be ``async``
+too, and the message fails with ``Abort``.
 
-dramatiq gives a cancelled coroutine one second to finish its cleanup; keep
-it short.
+The coroutine has ``Abortable(cleanup_timeout=...)`` (5 s by default) to
+finish its cleanup; after that its task is cancelled.
 
 Run it::
 
     python recipes/async_actor.py                                # in memory
     REDIS_URL=redis://localhost:6379/0 python recipes/async_actor.py  # on Redis
 
-It exits with status 0 when the coroutine was cancelled and the handler ran.
+It exits with status 0 when the coroutine saw Abort and the handler ran.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ import threading
 from _setup import Recipe, expect, wait_for
 from dramatiq.middleware import AsyncIO
 
-from dramatiq_abort import abort, abortable_actor
+from dramatiq_abort import Abort, abort, abortable_actor
 
 #: Polls of the job before the actor gives up on its own (0.05 s each: 10 s).
 POLLS = 200
@@ -55,14 +54,15 @@ async def follow_job(job_id: str) -> None:
             if poll == 3:
                 polling.set()
         story.append("job done")
-    except asyncio.CancelledError:
-        print(f"  follow_job: cancelled while awaiting the status of {job_id}")
-        story.append("coroutine cancelled")
-        raise  # let the cancellation end the coroutine
+    except Abort:
+        print(f"  follow_job: aborted while awaiting the status of {job_id}")
+        await asyncio.sleep(0)  # cleanup may await
+        story.append("coroutine aborted")
+        raise  # let the abort end the message
 
 
 def main() -> None:
-    """Start the async actor, abort it, and check its coroutine was cancelled."""
+    """Start the async actor, abort it, and check its coroutine saw Abort."""
     with RECIPE, RECIPE.worker():
         message = follow_job.send("job-42")
         wait_for(polling, "follow_job to start polling")
@@ -74,10 +74,10 @@ def main() -> None:
 
         expect(outcome == "failed with Abort", f"the message should end with Abort: {outcome}")
         expect(
-            story == ["lease taken", "coroutine cancelled", "lease released"],
+            story == ["lease taken", "coroutine aborted", "lease released"],
             f"unexpected sequence: {story}",
         )
-    RECIPE.ok("the coroutine was cancelled and the async on_abort handler ran")
+    RECIPE.ok("the coroutine saw Abort and the async on_abort handler ran")
 
 
 if __name__ == "__main__":

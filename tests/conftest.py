@@ -27,7 +27,9 @@ from typing import Any
 import dramatiq
 import pytest
 from dramatiq import Worker
+from dramatiq.broker import MessageProxy
 from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import Middleware
 
 from dramatiq_abort import Abort, Abortable, EventBackend, backends
 
@@ -402,3 +404,39 @@ class Hold:
     def wait(self, kind: str, name: str) -> None:
         """Wait until message ``name`` has started or ended; fail after :data:`WAIT` s."""
         assert self.event(kind, name).wait(WAIT), f"message {name!r} never {kind}"
+
+
+class Outcomes(Middleware):
+    """Spy middleware: how dramatiq ended each message, by message id."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.by_id: dict[str, list[str]] = {}
+        self.count = 0
+
+    def _record(self, message_id: str, outcome: str) -> None:
+        with self.cond:
+            self.by_id.setdefault(message_id, []).append(outcome)
+            self.count += 1
+            self.cond.notify_all()
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: MessageProxy,
+        *,
+        result: Any | None = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        """Record ``done`` or the name of the exception the message ended with."""
+        self._record(message.message_id, "done" if exception is None else type(exception).__name__)
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        """Record a skipped message."""
+        self._record(message.message_id, "skipped")
+
+    def wait(self, count: int) -> None:
+        """Wait until ``count`` messages have ended; fail after :data:`WAIT` seconds."""
+        with self.cond:
+            if not self.cond.wait_for(lambda: self.count >= count, WAIT):
+                pytest.fail(f"only {self.count} of {count} messages ended within {WAIT} s")

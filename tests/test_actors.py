@@ -563,24 +563,13 @@ def test_async_actor_is_aborted_and_calls_on_abort(
     worker = start_worker(broker)
     message = download.send_with_options(args=("https://example.invalid",), kwargs={"retries": 2})
     assert record.started.wait(10)
-    # A short grace lets the worker thread get from scheduling the coroutine
-    # to waiting for it; an Abort that lands in between is the bug shown by
-    # test_async_on_abort_runs_when_the_abort_comes_as_the_coroutine_starts.
-    abort(message.message_id, abort_timeout=200)
+    abort(message.message_id)
     join(broker, queue_name, worker)
     assert record.events == ["actor code ended", "on_abort", "ended: Abort"]
     assert record.calls == [(("https://example.invalid",), {"retries": 2})]
     assert record.runs == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "known gap, for the async-actors issue: an Abort raised in the worker thread while "
-        "dramatiq's run_coroutine is still scheduling the coroutine (before its try block) "
-        "leaves the coroutine running, never cancelled, and on_abort is never called"
-    ),
-)
 def test_async_on_abort_runs_when_the_abort_comes_as_the_coroutine_starts(
     stub_broker: StubBroker, abortable: Abortable, start_worker: StartWorker
 ) -> None:

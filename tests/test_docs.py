@@ -51,6 +51,7 @@ from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import Middleware
 
 from conftest import BACKEND_DB, require
+from conftest import Outcomes as Ended
 from dramatiq_abort import Abort, Abortable, AbortMode, abort, abort_requested, backends
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -538,6 +539,42 @@ def drive_subprocess(env: Env, code: str, capsys: Any, child: ChildListener) -> 
     assert child.read_until_closed() == b""  # the child has exited
 
 
+def drive_async(env: Env, code: str, capsys: Any, child: ChildListener) -> None:
+    """Async def actors: a graceful abort lets the coroutine return; a plain one interrupts it.
+
+    The block sets up its own StubBroker; the README's broker is restored after.
+    """
+    previous = dramatiq.get_broker()
+    namespace: dict[str, Any] = {}
+    try:
+        run_snippet(code, namespace, filename="README: async def actors")
+        broker = namespace["broker"]
+        outcomes = Ended()
+        broker.add_middleware(outcomes)
+        worker = Worker(broker, worker_threads=2)
+        worker.start()
+        try:
+            for grace in (5000, None):
+                with PrintWatch("pages to fetch") as started:
+                    message = namespace["crawl"].send([f"page-{i}" for i in range(100_000)])
+                    assert started.printed.wait(WAIT)
+                if grace is None:
+                    abort(message.message_id)
+                else:
+                    abort(message.message_id, abort_timeout=grace)
+                outcomes.wait(1 if grace else 2)
+            broker.join(namespace["crawl"].queue_name, fail_fast=False)
+        finally:
+            worker.stop()
+    finally:
+        dramatiq.set_broker(previous)
+    graceful, interrupted = outcomes.by_id.values()
+    assert (graceful, interrupted) == (["done"], ["Abort"])
+    out = capsys.readouterr().out
+    assert re.search(r"crawl: asked to stop, \d+ pages fetched\n", out), out
+    assert "crawl: aborted mid-page\n" in out
+
+
 README_DRIVERS: dict[str, ReadmeDriver] = {
     "Set up": drive_setup,
     "Abort a message": drive_abort,
@@ -547,6 +584,7 @@ README_DRIVERS: dict[str, ReadmeDriver] = {
     "Checkpoints and cleanup in a block": drive_scope,
     "Critical sections": drive_shield,
     "Subprocesses": drive_subprocess,
+    "`async def` actors": drive_async,
 }
 
 

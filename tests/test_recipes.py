@@ -29,7 +29,7 @@ TIMEOUT = 60
 #: One line of each recipe's story, printed only when that story happened.
 KEY_LINES = {
     "abort_from_another_process": "crunch (pid",
-    "async_actor": "follow_job: cancelled while awaiting",
+    "async_actor": "follow_job: aborted while awaiting",
     "cancel_delayed": "bob's reminder was skipped: its actor never ran",
     "cleanup_on_abort": "on_abort: removed dataset.bin.part",
     "graceful_stop": "stopping cleanly after",

@@ -23,11 +23,10 @@ from typing import Any
 import dramatiq
 import pytest
 from dramatiq import Worker
-from dramatiq.broker import Broker, MessageProxy
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import CurrentMessage, Middleware
+from dramatiq.middleware import CurrentMessage
 
-from conftest import join
+from conftest import Outcomes, join
 from dramatiq_abort import Abort, Abortable, AbortMode, EventBackend, abort, backends
 
 StartWorker = Callable[..., Worker]
@@ -49,36 +48,6 @@ def fast_switching() -> Iterator[None]:
     sys.setswitchinterval(0.0002)
     yield
     sys.setswitchinterval(previous)
-
-
-class Outcomes(Middleware):
-    """Spy middleware: how dramatiq ended each message, by message id."""
-
-    def __init__(self) -> None:
-        self.cond = threading.Condition()
-        self.by_id: dict[str, list[str]] = {}
-        self.count = 0
-
-    def _record(self, message_id: str, outcome: str) -> None:
-        with self.cond:
-            self.by_id.setdefault(message_id, []).append(outcome)
-            self.count += 1
-            self.cond.notify_all()
-
-    def after_process_message(
-        self,
-        broker: Broker,
-        message: MessageProxy,
-        *,
-        result: Any | None = None,
-        exception: BaseException | None = None,
-    ) -> None:
-        """Record ``done`` or the name of the exception the message ended with."""
-        self._record(message.message_id, "done" if exception is None else type(exception).__name__)
-
-    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
-        """Record a skipped message."""
-        self._record(message.message_id, "skipped")
 
 
 class Ledger:

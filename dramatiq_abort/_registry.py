@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import gc
 import heapq
 import itertools
 import logging
@@ -274,7 +275,7 @@ class Registry:
             if entry.wake is not None:
                 entry.wake()
             return DELIVERED
-        frame = sys._current_frames().get(entry.thread_id)
+        frame = _thread_frame(entry.thread_id)
         if frame is not None and frame.f_code in _TRANSIT_CODES:
             entry.retries += 1
             return RETRY
@@ -333,6 +334,26 @@ class Registry:
         if deadline is None or entry.state == PENDING:
             return None
         return max(0.0, (deadline - time.monotonic()) * 1000)
+
+
+def _thread_frame(thread_id: int) -> Any:
+    """The innermost frame of thread ``thread_id``, or ``None``.
+
+    Before Python 3.12, ``sys._current_frames()`` holds the interpreter's
+    thread-list lock while it builds its dict; a garbage collection started by
+    that allocation can run a finalizer that takes the same lock, and the
+    calling thread deadlocks (CPython gh-106883).  Collection is paused around
+    the call there.
+    """
+    if sys.version_info >= (3, 12):
+        return sys._current_frames().get(thread_id)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return sys._current_frames().get(thread_id)
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class _Guarded(Generic[_R]):

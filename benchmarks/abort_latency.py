@@ -17,13 +17,25 @@ What it measures, against real Redis on loopback:
 3. **Redis commands** the middleware sends: per processed message (2,000
    no-op messages, after 100 that open the connections) and from an idle
    worker (over 5 s).
+4. **Async abort latency**: the same as 1. for ``async def`` actors, on a
+   worker with dramatiq's ``AsyncIO`` middleware: from ``abort()``
+   returning to ``Abort`` caught inside the coroutine (``except Abort:``
+   takes ``time.monotonic()`` on the event loop's thread).  One actor
+   awaits ``asyncio.sleep(0.001)`` in a loop, the other one long
+   ``asyncio.sleep()``; both are aborted at random moments (phases (a),
+   (b), and (c) for the loop).  This is the path ``Abort`` takes into the
+   coroutine (the watcher wakes the loop, ``Abort`` is thrown at the
+   ``await``), not dramatiq's 100 ms polling of the worker thread.  A
+   last table puts the p50 and p99 of the sync and async actors side by
+   side.
 
-It runs two worker processes in turn: one with the library's default (the
+It runs three worker processes in turn: one with the library's default (the
 middleware lowers CPython's GIL switch interval to 1 ms in workers), one
 opted out (``Abortable(switch_interval_ms=None)``) with CPython's default
-5 ms.  The interval is how long the watcher thread waits for the GIL before
-the CPU-bound actor is made to hand it over, so it sets a floor under the
-latency.
+5 ms, and one with the default and the ``AsyncIO`` middleware for the
+``async def`` actors.  The interval is how long the watcher thread waits
+for the GIL before the CPU-bound actor is made to hand it over, so it sets
+a floor under the latency.
 
 Setup: a ``RedisBroker`` on ``REDIS_URL`` (default ``redis://127.0.0.1:6379``),
 database 15, under a unique namespace; the event backend
@@ -36,12 +48,14 @@ Run it from the repository root::
 
     python benchmarks/abort_latency.py
     python benchmarks/abort_latency.py --samples 200   # tighter tails, ~4x longer
+    python benchmarks/abort_latency.py --only async    # the async def actors alone
 
-It takes about 100 s.  Sample counts are in :data:`PLANS`: phase (c) and
-the extra configurations get fewer samples than phases (a) and (b), to keep
-to that time.  It exits 0 when it could measure, whether or not the targets
-were met (a missed target is a finding, listed at the end); 1 when Redis
-is unreachable.
+It takes about 150 s (``--only sync`` about 100 s, ``--only async`` about
+50 s).  Sample counts are in :data:`PLANS` and :data:`ASYNC_PLAN`: phase
+(c) and the extra configurations get fewer samples than phases (a) and
+(b), to keep to that time.  It exits 0 when it could measure, whether or
+not the targets were met (a missed target is a finding, listed at the
+end); 1 when Redis is unreachable.
 
 Note:
     Percentiles are nearest-rank: below 100 samples, p99 is the largest
@@ -58,6 +72,7 @@ Note:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import dataclasses
 import math
@@ -82,6 +97,7 @@ from urllib.parse import urlsplit, urlunsplit
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import AsyncIO
 
 from dramatiq_abort import Abort, Abortable, abort
 from dramatiq_abort.backends import RedisBackend
@@ -112,6 +128,17 @@ PHASES: dict[str, tuple[str, Callable[[], float]]] = {
     "c": ("(c) steady, 1-1.5 s", lambda: random.uniform(1.0, 1.5)),
     "graceful": ("graceful, 20-100 ms", lambda: random.uniform(0.02, 0.1)),
 }
+#: The actors whose abort latency is measured, and how the tables name them.
+KINDS: dict[str, str] = {
+    "spin": "sync, CPU-bound",
+    "tick": "async, 1 ms awaits",
+    "wait": "async, one long await",
+}
+#: Width of the first column of the async latency tables.
+ASYNC_LABEL_WIDTH = 42
+#: Where the client calling ``abort()`` runs.
+REMOTE = "client in another process"
+LOCAL = "client in the worker process"
 
 
 @dataclass(frozen=True)
@@ -122,6 +149,8 @@ class Settings:
     backend_url: str
     namespace: str
     switch_interval: float | None = None
+    #: Add dramatiq's ``AsyncIO`` middleware, which ``async def`` actors need.
+    asyncio: bool = False
 
     @property
     def backend_namespace(self) -> str:
@@ -212,12 +241,23 @@ class Actors:
     """The benchmark's actors declared on one broker."""
 
     spin: dramatiq.Actor[[int, float], None]
+    tick: dramatiq.Actor[[int, float], None]
+    wait: dramatiq.Actor[[int, float], None]
     noop: dramatiq.Actor[[], None]
     processed: Counter
 
+    def latency_actor(self, kind: str) -> dramatiq.Actor[[int, float], None]:
+        """Return the actor of ``kind``, a key of :data:`KINDS`."""
+        actor: dramatiq.Actor[[int, float], None] = getattr(self, kind)
+        return actor
+
 
 def declare_actors(broker: dramatiq.Broker, report: Reporter) -> Actors:
-    """Declare a CPU-bound actor that reports its start and its ``Abort``, and a no-op."""
+    """Declare the actors that report their start and their ``Abort``, and a no-op.
+
+    One is CPU-bound (``spin``), two are ``async def`` (``tick``, ``wait``);
+    the async ones only run on a worker with the ``AsyncIO`` middleware.
+    """
     processed = Counter()
 
     @dramatiq.actor(broker=broker, actor_name="bench_spin", max_retries=0)
@@ -237,12 +277,36 @@ def declare_actors(broker: dramatiq.Broker, report: Reporter) -> Actors:
             raise
         report("finished", sample)
 
+    @dramatiq.actor(broker=broker, actor_name="bench_async_tick", max_retries=0)
+    async def tick(sample: int, limit_s: float) -> None:
+        """Await ``asyncio.sleep(0.001)`` in a loop until aborted or ``limit_s`` passes."""
+        started = time.monotonic()
+        try:
+            report("started", sample)
+            while time.monotonic() - started < limit_s:
+                await asyncio.sleep(0.001)
+        except Abort:
+            report("caught", sample)  # stamped in the coroutine, on the loop's thread
+            raise
+        report("finished", sample)
+
+    @dramatiq.actor(broker=broker, actor_name="bench_async_wait", max_retries=0)
+    async def wait(sample: int, limit_s: float) -> None:
+        """Await one long ``asyncio.sleep(limit_s)``, longer than any planned abort."""
+        try:
+            report("started", sample)
+            await asyncio.sleep(limit_s)
+        except Abort:
+            report("caught", sample)
+            raise
+        report("finished", sample)
+
     @dramatiq.actor(broker=broker, actor_name="bench_noop", max_retries=0)
     def noop() -> None:
         """Do nothing but count."""
         processed.add()
 
-    return Actors(spin, noop, processed)
+    return Actors(spin, tick, wait, noop, processed)
 
 
 def build_broker(settings: Settings, report: Reporter) -> tuple[RedisBroker, Actors]:
@@ -252,6 +316,8 @@ def build_broker(settings: Settings, report: Reporter) -> tuple[RedisBroker, Act
     # None: the library's default (it lowers the interval to 1 ms in workers);
     # a value: opt out (switch_interval_ms=None) and run with that interval.
     lowered = 1.0 if settings.switch_interval is None else None
+    if settings.asyncio:
+        broker.add_middleware(AsyncIO())
     broker.add_middleware(Abortable(backend=backend, switch_interval_ms=lowered))
     dramatiq.set_broker(broker)
     return broker, declare_actors(broker, report)
@@ -280,9 +346,14 @@ _sample_ids = iter(range(1, sys.maxsize))
 
 
 def measure(
-    actors: Actors, inbox: Inbox, phase: str, count: int, abort_timeout: int = 0
+    actors: Actors,
+    inbox: Inbox,
+    phase: str,
+    count: int,
+    abort_timeout: int = 0,
+    kind: str = "spin",
 ) -> list[tuple[float, float, float]]:
-    """Abort ``count`` spinning actors one after another; return their timings.
+    """Abort ``count`` running actors one after another; return their timings.
 
     Args:
         actors: The actors, declared on this process's broker.
@@ -290,6 +361,7 @@ def measure(
         phase: A key of :data:`PHASES`: when to abort after the actor started.
         count: How many samples.
         abort_timeout: Passed to :func:`dramatiq_abort.abort`, in ms.
+        kind: A key of :data:`KINDS`: which actor to abort.
 
     Returns:
         ``(offset_ms, call_ms, latency_ms)`` per sample, plain tuples so they
@@ -298,11 +370,12 @@ def measure(
 
     """
     delay = PHASES[phase][1]
+    actor = actors.latency_actor(kind)
     timings = []
     for _ in range(count):
         sample = next(_sample_ids)
         wait = delay()
-        message = actors.spin.send(sample, wait + abort_timeout / 1000 + SPIN_SPARE_S)
+        message = actor.send(sample, wait + abort_timeout / 1000 + SPIN_SPARE_S)
         _, started = expect(inbox, sample, ("started",))
         sleep_until(started + wait)
         called = time.monotonic()
@@ -323,8 +396,8 @@ def worker_process(settings: Settings, events: Connection, control: Connection) 
     Actors report to the parent over ``events``; ``control`` carries
     commands and replies (``("ok", value)`` or ``("error", text)``):
     ``("processed", n)`` waits for ``n`` no-op messages in all,
-    ``("measure", phase, count, abort_timeout)`` runs :func:`measure` with a
-    client in this process, ``("stop",)`` stops the worker.
+    ``("measure", phase, count, abort_timeout, kind)`` runs :func:`measure`
+    with a client in this process, ``("stop",)`` stops the worker.
     """
     if settings.switch_interval is not None:
         sys.setswitchinterval(settings.switch_interval)
@@ -343,6 +416,7 @@ def worker_process(settings: Settings, events: Connection, control: Connection) 
     control.send(("ok", sys.getswitchinterval()))
     try:
         while (command := control.recv())[0] != "stop":
+            reply: Any
             try:
                 if command[0] == "processed":
                     reply = actors.processed.wait_for(command[1], timeout=120)
@@ -407,14 +481,18 @@ class WorkerProcess:
             raise RuntimeError(f"the worker process failed at {what!r}: {value}")
         return value
 
-    def measure_remote(self, phase: str, count: int, abort_timeout: int = 0) -> list[Sample]:
+    def measure_remote(
+        self, phase: str, count: int, abort_timeout: int = 0, kind: str = "spin"
+    ) -> list[Sample]:
         """Measure with the client here, in another process than the worker."""
-        timings = measure(self.actors, self.inbox, phase, count, abort_timeout)
+        timings = measure(self.actors, self.inbox, phase, count, abort_timeout, kind)
         return [Sample(*t) for t in timings]
 
-    def measure_local(self, phase: str, count: int, abort_timeout: int = 0) -> list[Sample]:
+    def measure_local(
+        self, phase: str, count: int, abort_timeout: int = 0, kind: str = "spin"
+    ) -> list[Sample]:
         """Measure with the client in a thread of the worker process."""
-        return [Sample(*t) for t in self.call("measure", phase, count, abort_timeout)]
+        return [Sample(*t) for t in self.call("measure", phase, count, abort_timeout, kind)]
 
 
 # -- Redis helpers ---------------------------------------------------------------
@@ -521,17 +599,17 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
 
-def latency_header(title: str) -> None:
-    """Print a latency table's title and column names."""
+def latency_header(title: str, width: int = 20) -> None:
+    """Print a latency table's title and column names; ``width`` is the first column's."""
     say()
     say(title)
     say(
-        f"  {'phase':<20} {'n':>4} {'p50':>7} {'p95':>7} {'p99':>7} {'max':>7} {'min':>7}  "
+        f"  {'phase':<{width}} {'n':>4} {'p50':>7} {'p95':>7} {'p99':>7} {'max':>7} {'min':>7}  "
         f"{'p50<=5':<6} {'p99<=25':<7}  {'abort at':>8} {'call':>5} {'took':>5}"
     )
 
 
-def latency_row(label: str, samples: list[Sample], seconds: float) -> str | None:
+def latency_row(label: str, samples: list[Sample], seconds: float, width: int = 20) -> str | None:
     """Print one phase's latencies, ms; return what missed its target, if anything.
 
     Also printed: ``abort at``, the median time from the actor's start to the
@@ -543,7 +621,7 @@ def latency_row(label: str, samples: list[Sample], seconds: float) -> str | None
     ok50, ok99 = p50 <= LATENCY_P50_MS, p99 <= LATENCY_P99_MS
     lost = sum(math.isinf(v) for v in values)
     say(
-        f"  {label:<20} {len(values):>4} {p50:>7.2f} {percentile(values, 95):>7.2f} "
+        f"  {label:<{width}} {len(values):>4} {p50:>7.2f} {percentile(values, 95):>7.2f} "
         f"{p99:>7.2f} {max(values):>7.2f} {min(values):>7.2f}  "
         f"{verdict(ok50):<6} {verdict(ok99):<7}  "
         f"{percentile([s.offset_ms for s in samples], 50):>8.2f} "
@@ -579,6 +657,34 @@ def deadline_row(timeout: int, samples: list[Sample]) -> str | None:
         f"{min(from_call) - timeout:>+6.2f} .. {max(from_call) - timeout:>+6.2f}"
     )
     return None if ok else f"{low:.2f} .. {high:.2f} ms after abort() returned"
+
+
+#: Latency samples of the library's default configuration, by (kind, client, phase).
+Figures = dict[tuple[str, str, str], list[Sample]]
+
+
+def comparison(figures: Figures, where: str) -> None:
+    """Print the p50 and p99 of each actor kind side by side, one row per phase."""
+    kinds = [kind for kind in KINDS if any(key[:2] == (kind, where) for key in figures)]
+    if not kinds:
+        return
+    say()
+    say(
+        f"Sync vs async: p50 / p99, ms from abort() returning to Abort caught ({where}; "
+        f"targets p50 <= {LATENCY_P50_MS:g}, p99 <= {LATENCY_P99_MS:g})"
+    )
+    say(f"  {'phase':<20}" + "".join(f" {KINDS[kind]:>22}" for kind in kinds))
+    for phase in ("a", "b", "c"):
+        cells = []
+        for kind in kinds:
+            samples = figures.get((kind, where, phase))
+            if samples:
+                values = [s.latency_ms for s in samples]
+                cells.append(f"{percentile(values, 50):.2f} / {percentile(values, 99):.2f}")
+            else:
+                cells.append("-")
+        if any(cell != "-" for cell in cells):
+            say(f"  {PHASES[phase][0]:<20}" + "".join(f" {cell:>22}" for cell in cells))
 
 
 def commands_text(counts: dict[str, int]) -> str:
@@ -619,6 +725,31 @@ PLANS: dict[float | None, Plan] = {
 }
 
 
+@dataclass(frozen=True)
+class AsyncPlan:
+    """How many samples to take of the ``async def`` actors, at ``--samples 50``."""
+
+    #: Samples per (kind, phase) with the client in another process.
+    remote: dict[tuple[str, str], int]
+    #: Samples per (kind, phase) with the client in the worker process.
+    local: dict[tuple[str, str], int]
+
+
+#: The ``async def`` actors run on one worker process with the library's
+#: default switch interval (1 ms), in about 50 s: ``tick`` awaits 1 ms
+#: sleeps in a loop, ``wait`` awaits one long sleep.
+ASYNC_PLAN = AsyncPlan(
+    remote={
+        ("tick", "a"): 50,
+        ("tick", "b"): 30,
+        ("tick", "c"): 8,
+        ("wait", "a"): 30,
+        ("wait", "b"): 20,
+    },
+    local={("tick", "a"): 20, ("tick", "b"): 8, ("wait", "a"): 20, ("wait", "b"): 8},
+)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
@@ -627,7 +758,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=50,
         help="samples of phase (b) with the default switch interval, client in another "
-        "process; every other count scales with it (default: 50, about 100 s)",
+        "process; every other count scales with it (default: 50, about 150 s)",
+    )
+    parser.add_argument(
+        "--only",
+        choices=["sync", "async"],
+        help="run only the sync part (CPU-bound actor, graceful deadlines, Redis commands; "
+        "about 100 s) or only the async def actors (about 50 s); default: both",
     )
     args = parser.parse_args(argv)
     if args.samples < 1:
@@ -678,12 +815,17 @@ def measure_commands(worker: WorkerProcess, client: redis.Redis) -> list[str]:
     return missed
 
 
-def measure_latencies(worker: WorkerProcess, plan: Plan, scale: float, label: str) -> list[str]:
-    """Run the latency phases with each client; print them; return the missed targets."""
+def measure_latencies(
+    worker: WorkerProcess, plan: Plan, scale: float, label: str, figures: Figures | None = None
+) -> list[str]:
+    """Run the latency phases with each client; print them; return the missed targets.
+
+    With ``figures``, the samples are also stored there, for :func:`comparison`.
+    """
     missed = []
     for where, measure_with, counts in (
-        ("client in another process", worker.measure_remote, plan.remote),
-        ("client in the worker process", worker.measure_local, plan.local),
+        (REMOTE, worker.measure_remote, plan.remote),
+        (LOCAL, worker.measure_local, plan.local),
     ):
         latency_header(
             f"Abort latency, ms from abort() returning to Abort caught ({where}, {label})"
@@ -692,8 +834,40 @@ def measure_latencies(worker: WorkerProcess, plan: Plan, scale: float, label: st
             started = time.monotonic()
             samples = measure_with(phase, max(3, round(count * scale)))
             miss = latency_row(PHASES[phase][0], samples, time.monotonic() - started)
+            if figures is not None:
+                figures["spin", where, phase] = samples
             if miss:
                 missed.append(f"latency {PHASES[phase][0]}, {where}, {label}: {miss}")
+    return missed
+
+
+def measure_async(
+    worker: WorkerProcess, plan: AsyncPlan, scale: float, label: str, figures: Figures
+) -> list[str]:
+    """Abort the ``async def`` actors with each client; print and store the figures.
+
+    Returns:
+        The missed targets.
+
+    """
+    missed = []
+    for where, measure_with, counts in (
+        (REMOTE, worker.measure_remote, plan.remote),
+        (LOCAL, worker.measure_local, plan.local),
+    ):
+        latency_header(
+            f"Async abort latency, ms from abort() returning to Abort caught in the coroutine "
+            f"({where}, {label})",
+            width=ASYNC_LABEL_WIDTH,
+        )
+        for (kind, phase), count in counts.items():
+            started = time.monotonic()
+            samples = measure_with(phase, max(3, round(count * scale)), kind=kind)
+            label_row = f"{KINDS[kind]}, {PHASES[phase][0]}"
+            miss = latency_row(label_row, samples, time.monotonic() - started, ASYNC_LABEL_WIDTH)
+            figures[kind, where, phase] = samples
+            if miss:
+                missed.append(f"latency {label_row}, {where}, {label}: {miss}")
     return missed
 
 
@@ -709,14 +883,26 @@ def measure_deadlines(worker: WorkerProcess, plan: Plan, scale: float, label: st
     return missed
 
 
-def run(settings: Settings, backend_client: redis.Redis, samples: int) -> list[str]:
-    """Run every measurement, printing the figures; return the targets that were missed."""
+def run(
+    settings: Settings, backend_client: redis.Redis, samples: int, only: str | None = None
+) -> list[str]:
+    """Run every measurement, printing the figures; return the targets that were missed.
+
+    Args:
+        settings: Where the worker processes connect.
+        backend_client: A client of the event backend's own server.
+        samples: ``--samples``; every count scales with it.
+        only: ``"sync"`` or ``"async"`` to run only that part; ``None`` runs both.
+
+    """
     broker, actors = build_broker(settings, Reporter(lambda _: None))  # actors run elsewhere
     channel = settings.backend_namespace + "events"
     scale = samples / 50
     missed = []
+    figures: Figures = {}
+    plans = {} if only == "async" else PLANS
     try:
-        for switch_interval, plan in PLANS.items():
+        for switch_interval, plan in plans.items():
             tuned = dataclasses.replace(settings, switch_interval=switch_interval)
             with WorkerProcess(tuned, actors) as worker:
                 wait_subscribers(backend_client, channel, 1)
@@ -726,10 +912,22 @@ def run(settings: Settings, backend_client: redis.Redis, samples: int) -> list[s
                 default = switch_interval is None  # the targets are for the library's default
                 if default:
                     missed += measure_commands(worker, backend_client)
-                found = measure_latencies(worker, plan, scale, label)
+                found = measure_latencies(worker, plan, scale, label, figures if default else None)
                 found += measure_deadlines(worker, plan, scale, label)
                 if default:
                     missed += found
+        if only != "sync":
+            # A worker of its own, so the sync figures above are taken without
+            # the AsyncIO middleware, as before this scenario existed.
+            tuned = dataclasses.replace(settings, asyncio=True)
+            with WorkerProcess(tuned, actors) as worker:
+                wait_subscribers(backend_client, channel, 1)
+                label = f"switch interval {worker.switch_interval * 1000:g} ms"
+                say()
+                say(f"=== Worker process with the AsyncIO middleware, GIL {label} ===")
+                missed += measure_async(worker, ASYNC_PLAN, scale, label, figures)
+        for where in (REMOTE, LOCAL):
+            comparison(figures, where)
     finally:
         broker.close()
     return missed
@@ -748,7 +946,10 @@ def main(argv: list[str] | None = None) -> int:
         say(f"Redis is not reachable at {broker_url} ({exc}): set REDIS_URL")
         return 1
 
-    say("dramatiq-abort benchmark: abort latency, graceful deadlines, Redis commands")
+    say(
+        "dramatiq-abort benchmark: abort latency (sync and async def actors), "
+        "graceful deadlines, Redis commands"
+    )
     say(
         f"Python {sys.version.split()[0]}, dramatiq {dramatiq.__version__}, "
         f"redis-py {redis.__version__}, {os.cpu_count()} CPUs"
@@ -765,7 +966,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"Event backend: throwaway redis-server {version} at {settings.backend_url}")
         deleted = 0
         try:
-            missed = run(settings, backend_client, args.samples)
+            missed = run(settings, backend_client, args.samples, args.only)
         finally:
             deleted += delete_keys(broker_client, namespace + ":")
             deleted += delete_keys(backend_client, settings.backend_namespace)

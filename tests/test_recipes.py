@@ -30,6 +30,7 @@ TIMEOUT = 60
 KEY_LINES = {
     "abort_from_another_process": "crunch (pid",
     "async_actor": "follow_job: aborted while awaiting",
+    "async_stream": "copy_stream: stopping cleanly at a batch boundary",
     "cancel_delayed": "bob's reminder was skipped: its actor never ran",
     "cleanup_on_abort": "on_abort: removed dataset.bin.part",
     "graceful_stop": "stopping cleanly after",

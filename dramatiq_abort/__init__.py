@@ -12,6 +12,7 @@ from . import backends
 from ._request import AbortMode
 from .actors import abortable_actor
 from .api import abort, abort_requested
+from .aprocess import GuardedExec, guarded_exec
 from .events import Event, EventBackend
 from .exceptions import Abort, BackendUnavailableError, DramatiqAbortError, MiddlewareMissingError
 from .middleware import Abortable
@@ -32,6 +33,7 @@ __all__ = [
     "DramatiqAbortError",
     "Event",
     "EventBackend",
+    "GuardedExec",
     "GuardedPopen",
     "MiddlewareMissingError",
     "abort",
@@ -40,6 +42,7 @@ __all__ = [
     "abortable_actor",
     "backends",
     "current_scope",
+    "guarded_exec",
     "guarded_popen",
     "guarded_run",
 ]

@@ -22,6 +22,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import dramatiq
@@ -31,6 +32,7 @@ from dramatiq.broker import MessageProxy
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Middleware
 
+from children import Child
 from dramatiq_abort import Abort, Abortable, EventBackend, backends
 
 #: Database numbers of the tests: the event backend's, then the RedisBroker's.
@@ -440,3 +442,19 @@ class Outcomes(Middleware):
         with self.cond:
             if not self.cond.wait_for(lambda: self.count >= count, WAIT):
                 pytest.fail(f"only {self.count} of {count} messages ended within {WAIT} s")
+
+
+@pytest.fixture
+def make_child(tmp_path: Path) -> Iterator[Callable[[], Child]]:
+    """Make test children, each in a directory of its own."""
+    children: list[Child] = []
+
+    def make() -> Child:
+        child = Child(tmp_path / f"child{len(children) + 1}")
+        children.append(child)
+        return child
+
+    yield make
+    for child in children:
+        for fd in child.fds:
+            os.close(fd)

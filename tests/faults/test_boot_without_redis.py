@@ -5,9 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from faultkit import assert_clean_output, report, scenario
-
 from conftest import RedisServer, free_port, require
+from faultkit import assert_clean_output, report, scenario
 
 
 def test_worker_boots_without_redis_and_aborts_work_once_it_appears(

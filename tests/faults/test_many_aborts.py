@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from faultkit import WAIT, Scenario, assert_clean_output, report, scenario
 
 from conftest import RedisServer
+from faultkit import WAIT, Scenario, assert_clean_output, report, scenario
 
 THREADS = 8
 #: The main round, as the issue asks: 10,000 cancels, 1,000 running aborts, and controls.

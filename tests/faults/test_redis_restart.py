@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from faultkit import assert_clean_output, report, scenario
 
 from conftest import RedisServer
 from dramatiq_abort import BackendUnavailableError
+from faultkit import assert_clean_output, report, scenario
 
 QUICK = 0.02  # seconds each quick message runs
 

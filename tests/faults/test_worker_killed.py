@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from faultkit import report, scenario
 
 from conftest import require
+from faultkit import report, scenario
 
 HEARTBEAT = {"FAULT_HEARTBEAT_MS": "1000"}
 

@@ -10,12 +10,13 @@ compares parameter names (``Actor[[int], str]`` has none).
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import dramatiq
 from typing_extensions import assert_type
 
-from dramatiq_abort import AbortScope, abort_scope, abortable_actor, current_scope
+from dramatiq_abort import AbortScope, abort_scope, abortable_actor, current_scope, guarded_exec
 
 
 def render(x: int, /) -> str:
@@ -114,3 +115,9 @@ async def check_async_abort_scope() -> None:
     """``async with abort_scope()`` gives an ``AbortScope`` too."""
     async with abort_scope(shield=False) as scope:
         assert_type(scope, AbortScope)
+
+
+async def check_guarded_exec() -> None:
+    """guarded_exec() yields the asyncio Process of the child."""
+    async with guarded_exec("true", interrupt_grace=timedelta(seconds=1)) as process:
+        assert_type(process, asyncio.subprocess.Process)

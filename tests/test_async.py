@@ -261,3 +261,69 @@ def test_cleanup_timeout_is_checked() -> None:
         Abortable(backend=backends.StubBackend(), cleanup_timeout=-1)
     with pytest.raises(TypeError, match="cleanup_timeout must be a number"):
         Abortable(backend=backends.StubBackend(), cleanup_timeout="5s")  # type: ignore[arg-type]
+
+
+
+def test_awaiting_gather_the_children_are_cancelled_and_the_coroutine_sees_abort(
+    stub: StubBroker, start_worker: StartWorker
+) -> None:
+    """The awaited future is cancelled (its tasks see CancelledError); the coroutine sees Abort."""
+    outcomes = _setup(stub)
+    children = threading.Semaphore(0)
+    seen: list[str] = []
+
+    async def child(name: str) -> None:
+        children.release()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            seen.append(f"{name}: CancelledError")
+            raise
+
+    @dramatiq.actor(broker=stub, max_retries=0)
+    async def fan_out() -> None:
+        try:
+            await asyncio.gather(child("a"), child("b"))
+        except Abort:
+            seen.append("parent: Abort")
+            raise
+
+    worker = start_worker(stub)
+    message = fan_out.send()
+    assert children.acquire(timeout=WAIT) and children.acquire(timeout=WAIT)
+    abort(message.message_id)
+    join(stub, fan_out.queue_name, worker)
+    assert sorted(seen[:2]) == ["a: CancelledError", "b: CancelledError"]
+    assert seen[2:] == ["parent: Abort"]
+    assert outcomes.by_id[message.message_id] == ["Abort"]
+
+
+def test_a_coroutine_busy_without_awaiting_gets_abort_at_its_next_await(
+    stub: StubBroker, start_worker: StartWorker
+) -> None:
+    """An abort sent while the coroutine runs plain code lands at the next await, not before."""
+    outcomes = _setup(stub)
+    busy = threading.Event()
+    release = threading.Event()
+    seen: list[str] = []
+
+    @dramatiq.actor(broker=stub, max_retries=0)
+    async def crunch() -> None:
+        await asyncio.sleep(0)
+        busy.set()
+        assert release.wait(WAIT)  # plain code: the event loop is blocked meanwhile
+        seen.append("plain code finished")
+        try:
+            await asyncio.sleep(60)
+        except Abort:
+            seen.append("Abort at the next await")
+            raise
+
+    worker = start_worker(stub)
+    message = crunch.send()
+    assert busy.wait(WAIT)
+    abort(message.message_id)
+    release.set()
+    join(stub, crunch.queue_name, worker)
+    assert seen == ["plain code finished", "Abort at the next await"]
+    assert outcomes.by_id[message.message_id] == ["Abort"]

@@ -263,7 +263,6 @@ def test_cleanup_timeout_is_checked() -> None:
         Abortable(backend=backends.StubBackend(), cleanup_timeout="5s")  # type: ignore[arg-type]
 
 
-
 def test_awaiting_gather_the_children_are_cancelled_and_the_coroutine_sees_abort(
     stub: StubBroker, start_worker: StartWorker
 ) -> None:

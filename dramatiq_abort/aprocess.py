@@ -23,18 +23,24 @@ import contextlib
 import logging
 import os
 import signal
-import sys
 import time
 from types import TracebackType
-from typing import Any, TypeAlias
+from typing import Any, ClassVar, TypeAlias
 
-from ._request import Duration, to_ms
+from ._request import Duration
 from .process import (
+    _CLOSED,
+    _INTERRUPTED,
+    _KILLED,
+    _NEW,
+    _RUNNING,
+    _STOPPING,
+    _TERMINATED,
     DEFAULT_INTERRUPT_GRACE,
     DEFAULT_TERMINATE_GRACE,
-    _check_signal,
+    _GuardBase,
     _open_pidfd,
-    _signal_name,
+    _require_posix,
 )
 
 __all__ = ["GuardedExec", "guarded_exec"]
@@ -48,11 +54,6 @@ Arg: TypeAlias = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 _POLL_FIRST = 0.005
 #: The longest pause, in seconds, between two looks at ``returncode``.
 _POLL_MAX = 0.1
-
-# States of a guard.
-_NEW, _RUNNING, _STOPPING, _CLOSED = "new", "running", "stopping", "closed"
-# Steps of the escalation: what was sent last.
-_NOTHING, _INTERRUPTED, _TERMINATED, _KILLED = range(4)
 
 
 def _check_arg(value: object, position: int) -> None:
@@ -84,28 +85,16 @@ def _reaped(pid: int) -> bool:
     return False
 
 
-class GuardedExec:
+class GuardedExec(_GuardBase[asyncio.subprocess.Process]):
     """An asyncio subprocess that is stopped, group and all, when its block is left by an exception.
 
     Made by :func:`guarded_exec`; ``async with`` it to start the child.  A
     guard starts one child and cannot be reused.
     """
 
-    __slots__ = (
-        "_args",
-        "_group",
-        "_interrupt_grace",
-        "_interrupt_signal",
-        "_kwargs",
-        "_leftovers_done",
-        "_pidfd",
-        "_process",
-        "_reason",
-        "_signalled",
-        "_state",
-        "_step",
-        "_terminate_grace",
-    )
+    __slots__ = ("_args", "_kwargs")
+
+    _statement: ClassVar[str] = "an async with statement"
 
     def __init__(
         self,
@@ -116,39 +105,15 @@ class GuardedExec:
         terminate_grace: Duration = DEFAULT_TERMINATE_GRACE,
         **kwargs: Any,
     ) -> None:
-        if os.name != "posix":
-            msg = (
-                "guarded_exec needs a POSIX system (process groups and signals); "
-                "use asyncio.create_subprocess_exec on this platform"
-            )
-            raise NotImplementedError(msg)
+        _require_posix("guarded_exec", "asyncio.create_subprocess_exec")
         for position, value in enumerate((program, *args)):
             _check_arg(value, position)
-        self._interrupt_signal = _check_signal(interrupt_signal)
-        self._interrupt_grace = to_ms(interrupt_grace, "interrupt_grace")
-        self._terminate_grace = to_ms(terminate_grace, "terminate_grace")
-        if "start_new_session" not in kwargs and "process_group" not in kwargs:
-            # The child leads a group of its own, so one signal reaches its
-            # children too, and a Ctrl-C meant for the worker does not.
-            kwargs["start_new_session"] = True
+        super().__init__(interrupt_signal, interrupt_grace, terminate_grace, kwargs)
         self._args: tuple[Arg, ...] = (program, *args)
         self._kwargs = kwargs
-        self._state = _NEW
-        self._process: asyncio.subprocess.Process | None = None
-        self._pidfd: int | None = None
-        self._group = False
-        self._reason = ""
-        self._step = _NOTHING
-        self._signalled = False
-        self._leftovers_done = False
 
     def __repr__(self) -> str:
-        pid = None if self._process is None else self._process.pid
-        return (
-            f"<GuardedExec args={list(self._args)!r} pid={pid} state={self._state} "
-            f"interrupt_signal={_signal_name(self._interrupt_signal)} "
-            f"interrupt_grace={self._interrupt_grace} terminate_grace={self._terminate_grace}>"
-        )
+        return self._describe("GuardedExec", list(self._args))
 
     # -- read-only properties --------------------------------------------------
 
@@ -156,26 +121,6 @@ class GuardedExec:
     def process(self) -> asyncio.subprocess.Process | None:
         """The child's ``asyncio.subprocess.Process``, once the block was entered."""
         return self._process
-
-    @property
-    def interrupt_signal(self) -> int:
-        """The signal sent first when the child must stop."""
-        return self._interrupt_signal
-
-    @property
-    def interrupt_grace(self) -> int:
-        """Milliseconds the child gets after the interrupt signal, before SIGTERM."""
-        return self._interrupt_grace
-
-    @property
-    def terminate_grace(self) -> int:
-        """Milliseconds the child gets after SIGTERM, before SIGKILL."""
-        return self._terminate_grace
-
-    @property
-    def stopped(self) -> bool:
-        """Whether the guard signalled the child to stop it, rather than only waiting for it."""
-        return self._signalled
 
     # -- the block -------------------------------------------------------------
 
@@ -303,80 +248,18 @@ class GuardedExec:
         if step <= self._step:
             return
         sig = (self._interrupt_signal, signal.SIGTERM, signal.SIGKILL)[step - 1]
-        sent = self._send(sig)
-        self._signalled = self._signalled or sent
-        self._step = step
-        if sent:
-            target = "the process group of child" if self._group else "child"
-            if step == _INTERRUPTED:
-                log, why = _logger.info, ""
-            elif cut_short_by is None:
-                log, why = _logger.warning, ": it outlived its grace"
-            else:
-                log, why = _logger.warning, f": {type(cut_short_by).__name__} cut its grace short"
-            log(
-                "Sending %s to %s %s (%s)%s.",
-                _signal_name(sig),
-                target,
-                self._pid(),
-                self._reason,
-                why,
-            )
-
-    def _send(self, sig: int) -> bool:
-        """Signal the child's group (or the child) unless it was reaped.
-
-        No ``await`` here: the checks and the signal happen in one loop step.
-        """
-        process = self._process
-        if self._state == _CLOSED or process is None or process.returncode is not None:
-            return False
-        pidfd = self._pidfd
-        try:
-            if pidfd is not None and sys.platform == "linux":
-                # A pidfd names this very process: once it is reaped, this
-                # fails, whoever was given the pid since.
-                signal.pidfd_send_signal(pidfd, 0 if self._group else sig)
-            elif _reaped(process.pid):
-                return False
-            if self._group:
-                os.killpg(process.pid, sig)
-            elif pidfd is None:
-                os.kill(process.pid, sig)
-        except ProcessLookupError:
-            return False
-        except OSError as error:
-            _logger.warning(
-                "Could not send %s to child %s: %s", _signal_name(sig), process.pid, error
-            )
-            return False
-        return True
-
-    def _kill_leftovers(self) -> None:
-        """SIGKILL what is left of the child's group once the child has exited.
-
-        Only when a signal of the guard reached the child unreaped, and as
-        soon as its exit is seen: the group's id is the child's pid, which
-        is not reused while any member lives, nor this soon after the child
-        was reaped.
-        """
-        process = self._process
-        if process is None or not self._group or not self._signalled or self._leftovers_done:
-            return
-        self._leftovers_done = True
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass  # the group is empty already
-        except OSError as error:
-            _logger.warning("Could not end the process group %s: %s", process.pid, error)
+        # No await here: the checks and the signal happen in one loop step.
+        sent = self._send_unless_reaped(sig, _reaped)
+        if cut_short_by is None:
+            why = ": it outlived its grace"
+        else:
+            why = f": {type(cut_short_by).__name__} cut its grace short"
+        self._record_step(step, sig, sent, why)
 
     def _close(self) -> None:
         """No signal after this."""
         self._state = _CLOSED
-        pidfd, self._pidfd = self._pidfd, None
-        if pidfd is not None:
-            os.close(pidfd)
+        self._close_pidfd()
 
     # -- waiting -----------------------------------------------------------------
 
@@ -413,16 +296,6 @@ class GuardedExec:
             else:
                 with contextlib.suppress(BaseException):
                     waiter.result()  # retrieved, so asyncio logs nothing
-
-    def _child(self) -> asyncio.subprocess.Process:
-        process = self._process
-        if process is None:
-            msg = f"{self!r} has not started its child: use it in an async with statement"
-            raise RuntimeError(msg)
-        return process
-
-    def _pid(self) -> int | None:
-        return None if self._process is None else self._process.pid
 
 
 def guarded_exec(

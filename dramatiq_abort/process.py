@@ -27,10 +27,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, TypeAlias
+from typing import Any, ClassVar, Generic, Protocol, TypeAlias, TypeVar
 
 from ._registry import REGISTRY, _Running
 from ._request import MAX_MS, Duration, to_ms
@@ -97,6 +97,191 @@ def _open_pidfd(pid: int) -> int | None:
         return None
 
 
+def _require_posix(name: str, instead: str) -> None:
+    """Raise ``NotImplementedError`` for guard ``name`` off POSIX, pointing to ``instead``."""
+    if os.name != "posix":
+        msg = (
+            f"{name} needs a POSIX system (process groups and signals); "
+            f"use {instead} on this platform"
+        )
+        raise NotImplementedError(msg)
+
+
+class _Child(Protocol):
+    """What a guard needs of its child: ``subprocess.Popen`` or an asyncio ``Process``."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+
+_P = TypeVar("_P", bound=_Child)
+
+
+class _GuardBase(Generic[_P]):
+    """The options, state, properties and signalling shared by the guards.
+
+    :class:`GuardedPopen` (threads) and ``aprocess.GuardedExec`` (asyncio)
+    each run their own escalation; this holds what they do alike.
+    """
+
+    __slots__ = (
+        "_group",
+        "_interrupt_grace",
+        "_interrupt_signal",
+        "_leftovers_done",
+        "_pidfd",
+        "_process",
+        "_reason",
+        "_signalled",
+        "_state",
+        "_step",
+        "_terminate_grace",
+    )
+
+    #: How the guard is used, for the error of a guard used outside its block.
+    _statement: ClassVar[str] = "a with statement"
+
+    def __init__(
+        self,
+        interrupt_signal: int,
+        interrupt_grace: Duration,
+        terminate_grace: Duration,
+        kwargs: dict[str, Any],
+    ) -> None:
+        self._interrupt_signal = _check_signal(interrupt_signal)
+        self._interrupt_grace = to_ms(interrupt_grace, "interrupt_grace")
+        self._terminate_grace = to_ms(terminate_grace, "terminate_grace")
+        if "start_new_session" not in kwargs and "process_group" not in kwargs:
+            # The child leads a group of its own, so one signal reaches its
+            # children too, and a Ctrl-C meant for the worker does not.
+            kwargs["start_new_session"] = True
+        self._state = _NEW
+        self._process: _P | None = None
+        self._pidfd: int | None = None
+        self._group = False
+        self._reason = ""
+        self._step = _NOTHING
+        self._signalled = False
+        self._leftovers_done = False
+
+    def _describe(self, name: str, args: object) -> str:
+        """The text of ``repr()``, for a guard called ``name`` running ``args``."""
+        return (
+            f"<{name} args={args!r} pid={self._pid()} state={self._state} "
+            f"interrupt_signal={_signal_name(self._interrupt_signal)} "
+            f"interrupt_grace={self._interrupt_grace} terminate_grace={self._terminate_grace}>"
+        )
+
+    # -- read-only properties --------------------------------------------------
+
+    @property
+    def interrupt_signal(self) -> int:
+        """The signal sent first when the child must stop."""
+        return self._interrupt_signal
+
+    @property
+    def interrupt_grace(self) -> int:
+        """Milliseconds the child gets after the interrupt signal, before SIGTERM."""
+        return self._interrupt_grace
+
+    @property
+    def terminate_grace(self) -> int:
+        """Milliseconds the child gets after SIGTERM, before SIGKILL."""
+        return self._terminate_grace
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the guard signalled the child to stop it, rather than only waiting for it."""
+        return self._signalled
+
+    # -- signalling --------------------------------------------------------------
+
+    def _record_step(self, step: int, sig: int, sent: bool, why: str) -> None:
+        """Note that ``step`` of the escalation sent ``sig`` (or found nothing to signal).
+
+        ``why`` ends the log line of SIGTERM and SIGKILL.
+        """
+        self._signalled = self._signalled or sent
+        self._step = step
+        if sent:
+            target = "the process group of child" if self._group else "child"
+            log = _logger.info if step == _INTERRUPTED else _logger.warning
+            log(
+                "Sending %s to %s %s (%s)%s.",
+                _signal_name(sig),
+                target,
+                self._pid(),
+                self._reason,
+                "" if step == _INTERRUPTED else why,
+            )
+
+    def _send_unless_reaped(self, sig: int, reaped: Callable[[int], bool]) -> bool:
+        """Signal the child's group (or the child) unless it was reaped.
+
+        ``reaped(pid)`` tells, where there is no pidfd, whether the child was.
+        """
+        process = self._process
+        if self._state == _CLOSED or process is None or process.returncode is not None:
+            return False
+        pidfd = self._pidfd
+        try:
+            if pidfd is not None and sys.platform == "linux":
+                # A pidfd names this very process: once it is reaped, this
+                # fails, whoever was given the pid since.
+                signal.pidfd_send_signal(pidfd, 0 if self._group else sig)
+            elif reaped(process.pid):
+                return False
+            if self._group:
+                os.killpg(process.pid, sig)
+            elif pidfd is None:
+                os.kill(process.pid, sig)
+        except ProcessLookupError:
+            return False
+        except OSError as error:
+            _logger.warning(
+                "Could not send %s to child %s: %s", _signal_name(sig), process.pid, error
+            )
+            return False
+        return True
+
+    def _kill_leftovers(self) -> None:
+        """SIGKILL what is left of the child's group once the child has exited.
+
+        Only when a signal of the guard reached the child unreaped, and as
+        soon as its exit is seen: the group's id is the child's pid, which
+        is not reused while any member lives, nor this soon after the child
+        exited.
+        """
+        process = self._process
+        if process is None or not self._group or not self._signalled or self._leftovers_done:
+            return
+        self._leftovers_done = True
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # the group is empty already
+        except OSError as error:
+            _logger.warning("Could not end the process group %s: %s", process.pid, error)
+
+    def _close_pidfd(self) -> None:
+        pidfd, self._pidfd = self._pidfd, None
+        if pidfd is not None:
+            os.close(pidfd)
+
+    def _child(self) -> _P:
+        process = self._process
+        if process is None:
+            msg = f"{self!r} has not started its child: use it in {self._statement}"
+            raise RuntimeError(msg)
+        return process
+
+    def _pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+
 class _GuardedProcess(subprocess.Popen[Any]):
     """The child's ``Popen``, whose ``wait()`` sees the child exit before it reaps it.
 
@@ -122,33 +307,14 @@ class _GuardedProcess(subprocess.Popen[Any]):
         return super().wait(timeout)
 
 
-class GuardedPopen:
+class GuardedPopen(_GuardBase[subprocess.Popen[Any]]):
     """A subprocess that is stopped, group and all, when its block is left by an exception.
 
     Made by :func:`guarded_popen`; ``with`` it to start the child.  A guard
     starts one child and cannot be reused.
     """
 
-    __slots__ = (
-        "_args",
-        "_entry",
-        "_group",
-        "_hook",
-        "_interrupt_grace",
-        "_interrupt_signal",
-        "_kwargs",
-        "_leftovers_done",
-        "_lock",
-        "_pidfd",
-        "_process",
-        "_reason",
-        "_signalled",
-        "_state",
-        "_step",
-        "_step_deadline",
-        "_stopper",
-        "_terminate_grace",
-    )
+    __slots__ = ("_args", "_entry", "_hook", "_kwargs", "_lock", "_step_deadline", "_stopper")
 
     def __init__(
         self,
@@ -159,42 +325,18 @@ class GuardedPopen:
         terminate_grace: Duration = DEFAULT_TERMINATE_GRACE,
         **popen_kwargs: Any,
     ) -> None:
-        if os.name != "posix":
-            msg = (
-                "guarded_popen needs a POSIX system (process groups and signals); "
-                "use subprocess.Popen on this platform"
-            )
-            raise NotImplementedError(msg)
-        self._interrupt_signal = _check_signal(interrupt_signal)
-        self._interrupt_grace = to_ms(interrupt_grace, "interrupt_grace")
-        self._terminate_grace = to_ms(terminate_grace, "terminate_grace")
-        if "start_new_session" not in popen_kwargs and "process_group" not in popen_kwargs:
-            # The child leads a group of its own, so one signal reaches its
-            # children too, and a Ctrl-C meant for the worker does not.
-            popen_kwargs["start_new_session"] = True
+        _require_posix("guarded_popen", "subprocess.Popen")
+        super().__init__(interrupt_signal, interrupt_grace, terminate_grace, popen_kwargs)
         self._args = args
         self._kwargs = popen_kwargs
         self._lock = threading.Lock()
-        self._state = _NEW
-        self._process: subprocess.Popen[Any] | None = None
-        self._pidfd: int | None = None
-        self._group = False
         self._entry: _Running | None = None
         self._hook = self._on_abort
-        self._reason = ""
-        self._step = _NOTHING
         self._step_deadline: float | None = None
-        self._signalled = False
-        self._leftovers_done = False
         self._stopper: threading.Thread | None = None
 
     def __repr__(self) -> str:
-        pid = None if self._process is None else self._process.pid
-        return (
-            f"<GuardedPopen args={self._args!r} pid={pid} state={self._state} "
-            f"interrupt_signal={_signal_name(self._interrupt_signal)} "
-            f"interrupt_grace={self._interrupt_grace} terminate_grace={self._terminate_grace}>"
-        )
+        return self._describe("GuardedPopen", self._args)
 
     # -- read-only properties --------------------------------------------------
 
@@ -202,26 +344,6 @@ class GuardedPopen:
     def process(self) -> subprocess.Popen[Any] | None:
         """The child's ``Popen``, once the block was entered."""
         return self._process
-
-    @property
-    def interrupt_signal(self) -> int:
-        """The signal sent first when the child must stop."""
-        return self._interrupt_signal
-
-    @property
-    def interrupt_grace(self) -> int:
-        """Milliseconds the child gets after the interrupt signal, before SIGTERM."""
-        return self._interrupt_grace
-
-    @property
-    def terminate_grace(self) -> int:
-        """Milliseconds the child gets after SIGTERM, before SIGKILL."""
-        return self._terminate_grace
-
-    @property
-    def stopped(self) -> bool:
-        """Whether the guard signalled the child to stop it, rather than only waiting for it."""
-        return self._signalled
 
     # -- the block -------------------------------------------------------------
 
@@ -413,47 +535,9 @@ class GuardedPopen:
             (signal.SIGTERM, self._terminate_grace),
             (signal.SIGKILL, None),
         )[step - 1]
-        sent = self._send_locked(sig)
-        self._signalled = self._signalled or sent
-        self._step = step
+        sent = self._send_unless_reaped(sig, lambda _pid: self._reaped_elsewhere())
         self._step_deadline = None if grace is None else time.monotonic() + grace / 1000
-        if sent:
-            target = "the process group of child" if self._group else "child"
-            log = _logger.info if step == _INTERRUPTED else _logger.warning
-            log(
-                "Sending %s to %s %s (%s)%s.",
-                _signal_name(sig),
-                target,
-                self._pid(),
-                self._reason,
-                "" if step == _INTERRUPTED else ": it outlived its grace",
-            )
-
-    def _send_locked(self, sig: int) -> bool:
-        """Signal the child's group (or the child) unless it was reaped; hold the lock."""
-        process = self._process
-        if self._state == _CLOSED or process is None or process.returncode is not None:
-            return False
-        pidfd = self._pidfd
-        try:
-            if pidfd is not None and sys.platform == "linux":
-                # A pidfd names this very process: once it is reaped, this
-                # fails, whoever was given the pid since.
-                signal.pidfd_send_signal(pidfd, 0 if self._group else sig)
-            elif self._reaped_elsewhere():
-                return False
-            if self._group:
-                os.killpg(process.pid, sig)
-            elif pidfd is None:
-                os.kill(process.pid, sig)
-        except ProcessLookupError:
-            return False
-        except OSError as error:
-            _logger.warning(
-                "Could not send %s to child %s: %s", _signal_name(sig), process.pid, error
-            )
-            return False
-        return True
+        self._record_step(step, sig, sent, ": it outlived its grace")
 
     def _kill_leftovers_locked(self) -> None:
         """SIGKILL what is left of the child's group once the child has exited; hold the lock.
@@ -462,22 +546,8 @@ class GuardedPopen:
         its exit is seen: the group's id is the child's pid, which is not
         reused while any member lives, nor this soon after the child exited.
         """
-        process = self._process
-        if (
-            process is None
-            or not self._group
-            or not self._signalled
-            or self._leftovers_done
-            or self._state == _CLOSED
-        ):
-            return
-        self._leftovers_done = True
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass  # the group is empty already
-        except OSError as error:
-            _logger.warning("Could not end the process group %s: %s", process.pid, error)
+        if self._state != _CLOSED:
+            self._kill_leftovers()
 
     # -- waiting without reaping -------------------------------------------------
 
@@ -538,22 +608,10 @@ class GuardedPopen:
         return process.poll() is not None
 
     def _close_pidfd_locked(self) -> None:
-        pidfd, self._pidfd = self._pidfd, None
-        if pidfd is not None:
-            os.close(pidfd)
-
-    def _child(self) -> subprocess.Popen[Any]:
-        process = self._process
-        if process is None:
-            msg = f"{self!r} has not started its child: use it in a with statement"
-            raise RuntimeError(msg)
-        return process
+        self._close_pidfd()
 
     def _is_open(self) -> bool:
         return self._state in (_RUNNING, _STOPPING)
-
-    def _pid(self) -> int | None:
-        return None if self._process is None else self._process.pid
 
 
 def guarded_popen(

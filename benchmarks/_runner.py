@@ -5,7 +5,9 @@ this project and one with dramatiq-abort 1.2.1 (the same import name,
 ``dramatiq_abort``), so it only uses what both versions offer:
 ``Abortable(backend=backends.RedisBackend(client=...))``, ``abort()``,
 ``abort_requested()``, ``Abort`` and ``AbortMode``.  Each middleware is
-used with its defaults, as a user would get it.
+used with its defaults, as a user would get it.  What it shares with
+``abort_latency.py`` lives in ``_common.py``, next to it (Python puts the
+script's directory on ``sys.path``), under the same rule.
 
 Every scenario runs a ``dramatiq.Worker`` (a ``RedisBroker``, 2 threads) in
 a child process and the client (``actor.send()``, ``abort()``) in this one.
@@ -55,7 +57,6 @@ import importlib.metadata
 import json
 import logging
 import math
-import multiprocessing
 import os
 import random
 import sys
@@ -74,6 +75,16 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Middleware
 
 import dramatiq_abort
+from _common import (
+    WORKER_THREADS,
+    WORKER_TIMEOUT_MS,
+    WorkerPipes,
+    command_counts,
+    declare_spin,
+    delete_keys,
+    next_sample_id,
+    serve,
+)
 from dramatiq_abort import Abort, Abortable, abort, abort_requested, backends
 
 try:
@@ -83,9 +94,6 @@ except ImportError:  # dramatiq-abort 1.2.1 does not re-export it
 
 #: Where the broker and the event backend live unless told.
 DEFAULT_URL = "redis://127.0.0.1:6379/15"
-WORKER_THREADS = 2
-#: How often an idle consumer polls Redis, in ms (dramatiq's default is 1000).
-WORKER_TIMEOUT_MS = 100
 #: Messages a consumer may hold (``dramatiq_queue_prefetch``).  dramatiq's
 #: default, 2 per worker thread, keeps a consumer of no-op messages asleep in
 #: its back-off most of the time, so every setup drains them at the same
@@ -178,23 +186,7 @@ def declare_actors(broker: dramatiq.Broker, report: Callable[[str, int], None]) 
     """Declare the actors; ``report(kind, sample)`` tells the client what happened."""
     marked = {True: 0, False: 0}
     marked_lock = threading.Lock()
-
-    @dramatiq.actor(broker=broker, actor_name="cmp_spin", max_retries=0)
-    def spin(sample: int, limit_s: float) -> None:
-        """Do small arithmetic in pure Python until aborted or ``limit_s`` passes."""
-        started = time.monotonic()
-        x = 0
-        try:
-            # Inside the try: an abort sent the instant this report arrives
-            # can land before the call returns.
-            report("started", sample)
-            while time.monotonic() - started < limit_s:
-                for _ in range(2000):
-                    x = (x * 1_103_515_245 + 12_345) & 0x7FFF_FFFF
-        except Abort:
-            report("caught", sample)
-            raise
-        report("finished", sample)
+    spin = declare_spin(broker, report, "cmp_spin")
 
     @dramatiq.actor(broker=broker, actor_name="cmp_graceful", max_retries=0)
     def graceful(sample: int, limit_s: float) -> None:
@@ -263,30 +255,28 @@ def worker_main(settings: Settings, events: Connection, control: Connection) -> 
 
     broker, actors, tally = build_broker(settings, report)
     worker: dramatiq.Worker | None = None
+
+    def handle(command: tuple[Any, ...]) -> dict[str, Any]:
+        nonlocal worker
+        if command[0] == "start":
+            started = time.monotonic()
+            worker = dramatiq.Worker(
+                broker, worker_threads=WORKER_THREADS, worker_timeout=WORKER_TIMEOUT_MS
+            )
+            worker.start()
+            return {
+                "started": started,
+                "switch_interval_ms": sys.getswitchinterval() * 1000,
+                "prefetch": worker.queue_prefetch,
+            }
+        if command[0] == "done":
+            count, at = tally.wait_for(command[1], DRAIN_TIMEOUT_S)
+            return {"count": count, "at": at, "marked": dict(actors.marked)}
+        raise ValueError(f"unknown command {command!r}")
+
     control.send(("ok", None))
     try:
-        while (command := control.recv())[0] != "stop":
-            try:
-                if command[0] == "start":
-                    started = time.monotonic()
-                    worker = dramatiq.Worker(
-                        broker, worker_threads=WORKER_THREADS, worker_timeout=WORKER_TIMEOUT_MS
-                    )
-                    worker.start()
-                    reply: Any = {
-                        "started": started,
-                        "switch_interval_ms": sys.getswitchinterval() * 1000,
-                        "prefetch": worker.queue_prefetch,
-                    }
-                elif command[0] == "done":
-                    count, at = tally.wait_for(command[1], DRAIN_TIMEOUT_S)
-                    reply = {"count": count, "at": at, "marked": dict(actors.marked)}
-                else:
-                    raise ValueError(f"unknown command {command!r}")
-            except Exception as exc:
-                control.send(("error", f"{type(exc).__name__}: {exc}"))
-            else:
-                control.send(("ok", reply))
+        serve(control, handle)
     finally:
         if worker is not None:
             worker.stop()
@@ -294,45 +284,18 @@ def worker_main(settings: Settings, events: Connection, control: Connection) -> 
         control.send(("ok", None))
 
 
-class WorkerProcess:
+class WorkerProcess(WorkerPipes):
     """A worker in a child process, and the pipes to it."""
 
+    #: A drain may take :data:`DRAIN_TIMEOUT_S`; the reply comes after it.
+    call_timeout = DRAIN_TIMEOUT_S + 30
+
     def __init__(self, settings: Settings) -> None:
-        context = multiprocessing.get_context("spawn")
-        self._events, child_events = context.Pipe(duplex=False)
-        self._control, child_control = context.Pipe()
-        self._process = context.Process(
-            target=worker_main,
-            args=(settings, child_events, child_control),
-            name="compare-worker",
-            daemon=True,
-        )
+        super().__init__(worker_main, (settings,), "compare-worker")
 
     def __enter__(self) -> WorkerProcess:
-        self._process.start()
-        self._reply("boot", 60)
+        self.start("boot")
         return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        with contextlib.suppress(OSError, EOFError, RuntimeError):
-            self.call("stop", timeout=30)
-        self._process.join(10)
-        if self._process.is_alive():
-            self._process.terminate()
-            self._process.join(5)
-
-    def call(self, *command: Any, timeout: float = DRAIN_TIMEOUT_S + 30) -> Any:
-        """Send a command to the worker process and return its reply."""
-        self._control.send(command)
-        return self._reply(command[0], timeout)
-
-    def _reply(self, what: str, timeout: float) -> Any:
-        if not self._control.poll(timeout):
-            raise RuntimeError(f"the worker process did not answer {what!r} within {timeout} s")
-        status, value = self._control.recv()
-        if status != "ok":
-            raise RuntimeError(f"the worker process failed at {what!r}: {value}")
-        return value
 
     def report(self, sample: int, kinds: tuple[str, ...], seen: dict[str, float]) -> str:
         """Wait for a report of one of ``kinds`` about ``sample``; return its kind.
@@ -354,8 +317,6 @@ class WorkerProcess:
 
 # -- the client's side -------------------------------------------------------
 
-_sample_ids = iter(range(1, sys.maxsize))
-
 
 def abort_running(
     worker: WorkerProcess,
@@ -376,7 +337,7 @@ def abort_running(
     """
     if gap_s:
         time.sleep(random.uniform(0.0, gap_s))
-    sample = next(_sample_ids)
+    sample = next_sample_id()
     seen: dict[str, float] = {}
     message = actor.send(sample, wait_s + abort_timeout / 1000 + SPARE_S)
     worker.report(sample, ("started",), seen)
@@ -498,10 +459,10 @@ def run_throughput(
         with client_side(tuned) as actors, WorkerProcess(tuned) as worker:
             for _ in range(count):
                 actors.noop.send()
-            before = command_counts(backend_client)
+            before = counts_of(backend_client)
             boot = worker.call("start")
             done = drained(worker, count)
-            after = command_counts(backend_client)
+            after = counts_of(backend_client)
         if not counted:
             continue
         commands = None
@@ -529,12 +490,9 @@ def worker_facts(boot: dict[str, Any]) -> dict[str, Any]:
     return {"switch_interval_ms": boot["switch_interval_ms"], "prefetch": boot["prefetch"]}
 
 
-def command_counts(client: redis.Redis | None) -> dict[str, int] | None:
+def counts_of(client: redis.Redis | None) -> dict[str, int] | None:
     """Return the calls of each command the server has run, or ``None`` without a client."""
-    if client is None:
-        return None
-    stats = client.info("commandstats")
-    return {name.removeprefix("cmdstat_"): int(stat["calls"]) for name, stat in stats.items()}
+    return None if client is None else command_counts(client)
 
 
 # -- setup, cleanup, output ----------------------------------------------------
@@ -548,18 +506,13 @@ def new_namespace() -> str:
     return f"dramatiq-abort-compare-{uuid.uuid4().hex[:12]}"
 
 
-def delete_keys(url: str, namespaces: list[str]) -> int:
+def delete_namespaces(url: str, namespaces: list[str]) -> int:
     """Delete the keys under ``namespaces`` on the server at ``url``; return how many."""
     client = redis.Redis.from_url(url)
-    deleted = 0
     try:
-        for namespace in namespaces:
-            keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
-            for start in range(0, len(keys), 1000):
-                deleted += client.delete(*keys[start : start + 1000])
+        return sum(delete_keys(client, f"{namespace}:") for namespace in namespaces)
     finally:
         client.close()
-    return deleted
 
 
 def info(broker_url: str, backend_url: str) -> dict[str, Any]:
@@ -631,9 +584,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if backend_client is not None:
             backend_client.close()
-        deleted = delete_keys(args.broker_url, NAMESPACES)
+        deleted = delete_namespaces(args.broker_url, NAMESPACES)
         if args.backend_url != args.broker_url:
-            deleted += delete_keys(args.backend_url, NAMESPACES)
+            deleted += delete_namespaces(args.backend_url, NAMESPACES)
     output = {
         "scenario": args.scenario,
         "dramatiq_abort": importlib.metadata.version("dramatiq-abort"),

@@ -76,7 +76,6 @@ import asyncio
 import contextlib
 import dataclasses
 import math
-import multiprocessing
 import os
 import queue
 import random
@@ -99,17 +98,21 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import AsyncIO
 
+from _common import (
+    WORKER_THREADS,
+    WORKER_TIMEOUT_MS,
+    WorkerPipes,
+    command_counts,
+    declare_spin,
+    delete_keys,
+    next_sample_id,
+    serve,
+)
 from dramatiq_abort import Abort, Abortable, abort
 from dramatiq_abort.backends import RedisBackend
 
 #: Redis database of every key the benchmark writes.
 DB = 15
-WORKER_THREADS = 2
-#: How often an idle dramatiq consumer polls, in ms.  Lower than dramatiq's
-#: default (1000) so a new sample is picked up at once; dramatiq's own
-#: threads then wake ten times a second, one more thing the watcher
-#: competes with for the GIL.
-WORKER_TIMEOUT_MS = 100
 #: Seconds a spinning actor runs past its planned abort before giving up.
 SPIN_SPARE_S = 3.0
 #: Seconds to wait for any one event from the worker.
@@ -259,23 +262,7 @@ def declare_actors(broker: dramatiq.Broker, report: Reporter) -> Actors:
     the async ones only run on a worker with the ``AsyncIO`` middleware.
     """
     processed = Counter()
-
-    @dramatiq.actor(broker=broker, actor_name="bench_spin", max_retries=0)
-    def spin(sample: int, limit_s: float) -> None:
-        """Do small arithmetic in pure Python until aborted or ``limit_s`` passes."""
-        started = time.monotonic()
-        x = 0
-        try:
-            # Inside the try: an abort sent the instant this report arrives
-            # can land before the call has returned.
-            report("started", sample)
-            while time.monotonic() - started < limit_s:
-                for _ in range(2000):
-                    x = (x * 1_103_515_245 + 12_345) & 0x7FFF_FFFF
-        except Abort:
-            report("caught", sample)
-            raise
-        report("finished", sample)
+    spin = declare_spin(broker, report, "bench_spin")
 
     @dramatiq.actor(broker=broker, actor_name="bench_async_tick", max_retries=0)
     async def tick(sample: int, limit_s: float) -> None:
@@ -342,9 +329,6 @@ def sleep_until(moment: float) -> None:
         time.sleep(remaining)
 
 
-_sample_ids = iter(range(1, sys.maxsize))
-
-
 def measure(
     actors: Actors,
     inbox: Inbox,
@@ -373,7 +357,7 @@ def measure(
     actor = actors.latency_actor(kind)
     timings = []
     for _ in range(count):
-        sample = next(_sample_ids)
+        sample = next_sample_id()
         wait = delay()
         message = actor.send(sample, wait + abort_timeout / 1000 + SPIN_SPARE_S)
         _, started = expect(inbox, sample, ("started",))
@@ -413,73 +397,39 @@ def worker_process(settings: Settings, events: Connection, control: Connection) 
         broker, worker_threads=WORKER_THREADS, worker_timeout=WORKER_TIMEOUT_MS
     )
     worker.start()
+
+    def handle(command: tuple[Any, ...]) -> Any:
+        if command[0] == "processed":
+            return actors.processed.wait_for(command[1], timeout=120)
+        inbox = QueueInbox()
+        reporter.target = inbox.queue.put
+        try:
+            return measure(actors, inbox, *command[1:])
+        finally:
+            reporter.target = send_to_parent
+
     control.send(("ok", sys.getswitchinterval()))
     try:
-        while (command := control.recv())[0] != "stop":
-            reply: Any
-            try:
-                if command[0] == "processed":
-                    reply = actors.processed.wait_for(command[1], timeout=120)
-                else:
-                    inbox = QueueInbox()
-                    reporter.target = inbox.queue.put
-                    try:
-                        reply = measure(actors, inbox, *command[1:])
-                    finally:
-                        reporter.target = send_to_parent
-            except Exception as exc:
-                control.send(("error", f"{type(exc).__name__}: {exc}"))
-            else:
-                control.send(("ok", reply))
+        serve(control, handle)
     finally:
         worker.stop()
         broker.close()
         control.send(("ok", None))
 
 
-class WorkerProcess:
+class WorkerProcess(WorkerPipes):
     """A worker in a child process, the pipes to it, and the parent's client."""
 
     def __init__(self, settings: Settings, actors: Actors) -> None:
+        super().__init__(worker_process, (settings,), "bench-worker")
         self.settings = settings
         self.actors = actors
-        context = multiprocessing.get_context("spawn")
-        self._events, child_events = context.Pipe(duplex=False)
-        self._control, child_control = context.Pipe()
         self.inbox = PipeInbox(self._events)
-        self._process = context.Process(
-            target=worker_process,
-            args=(settings, child_events, child_control),
-            name="bench-worker",
-            daemon=True,
-        )
         self.switch_interval = 0.0
 
     def __enter__(self) -> WorkerProcess:
-        self._process.start()
-        self.switch_interval = self._reply("start", 60)
+        self.switch_interval = self.start("start")
         return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        with contextlib.suppress(OSError, EOFError, RuntimeError):
-            self.call("stop", timeout=30)
-        self._process.join(10)
-        if self._process.is_alive():
-            self._process.terminate()
-            self._process.join(5)
-
-    def call(self, *command: Any, timeout: float = 300) -> Any:
-        """Send a command to the worker process and return its reply."""
-        self._control.send(command)
-        return self._reply(command[0], timeout)
-
-    def _reply(self, what: str, timeout: float) -> Any:
-        if not self._control.poll(timeout):
-            raise RuntimeError(f"the worker process did not answer {what!r} within {timeout} s")
-        status, value = self._control.recv()
-        if status != "ok":
-            raise RuntimeError(f"the worker process failed at {what!r}: {value}")
-        return value
 
     def measure_remote(
         self, phase: str, count: int, abort_timeout: int = 0, kind: str = "spin"
@@ -548,12 +498,6 @@ def throwaway_redis() -> Iterator[str]:
             process.wait(10)
 
 
-def command_counts(client: redis.Redis) -> dict[str, int]:
-    """Return the calls of each command the server has run, from ``INFO commandstats``."""
-    stats = client.info("commandstats")
-    return {name.removeprefix("cmdstat_"): int(stat["calls"]) for name, stat in stats.items()}
-
-
 def count_commands(client: redis.Redis, during: Callable[[], None]) -> dict[str, int]:
     """Return the commands the server ran while ``during()`` ran, without our ``INFO``."""
     before = command_counts(client)
@@ -570,14 +514,6 @@ def wait_subscribers(client: redis.Redis, channel: str, count: int) -> None:
             return
         time.sleep(0.05)
     raise RuntimeError(f"no watcher subscribed to {channel!r} within 10 s")
-
-
-def delete_keys(client: redis.Redis, prefix: str) -> int:
-    """Delete the keys starting with ``prefix``; return how many."""
-    keys = list(client.scan_iter(match=prefix + "*", count=500))
-    for start in range(0, len(keys), 500):
-        client.delete(*keys[start : start + 500])
-    return len(keys)
 
 
 # -- reporting ---------------------------------------------------------------------

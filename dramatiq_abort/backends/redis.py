@@ -245,10 +245,13 @@ class RedisBackend(EventBackend):
 
     def poll(self, key: str) -> Event | None:
         """Return the event stored under ``key`` without consuming it."""
-        if not encodable(check_key(key)):
-            return None  # Redis cannot hold it, so nobody stored a request for it
+        check_key(key)
         try:
             raw = self.client.get(self._key(key))
+        except UnicodeEncodeError:
+            # Raised while packing the command, before anything is sent: Redis
+            # cannot hold such a key (a lone surrogate), so it has no request.
+            return None
         except redis.ResponseError as exc:  # e.g. WRONGTYPE: someone else's key
             _logger.warning("Ignoring unreadable key %r: %s", self._key(key), exc)
             return None

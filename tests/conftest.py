@@ -437,6 +437,13 @@ class Outcomes(Middleware):
         """Record a skipped message."""
         self._record(message.message_id, "skipped")
 
+    def ended(self, message_id: str) -> str:
+        """Wait until message ``message_id`` ended; return how it ended last."""
+        with self.cond:
+            if not self.cond.wait_for(lambda: message_id in self.by_id, WAIT):
+                pytest.fail(f"message {message_id} did not end within {WAIT} s")
+            return self.by_id[message_id][-1]
+
     def wait(self, count: int) -> None:
         """Wait until ``count`` messages have ended; fail after :data:`WAIT` seconds."""
         with self.cond:

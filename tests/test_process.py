@@ -30,12 +30,11 @@ import dramatiq
 import psutil
 import pytest
 from dramatiq import Worker
-from dramatiq.broker import Broker, MessageProxy
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import AsyncIO, Middleware
+from dramatiq.middleware import AsyncIO
 
 from children import Child, dead, ended, gone, read_line
-from conftest import join
+from conftest import Outcomes, join
 from dramatiq_abort import (
     Abort,
     Abortable,
@@ -54,36 +53,6 @@ StartWorker = Callable[..., Worker]
 WAIT = 30.0
 #: Milliseconds of grace the tests give children before escalating.
 GRACE = 200
-
-
-class Outcomes(Middleware):
-    """Spy middleware: how dramatiq ended each message, by message id."""
-
-    def __init__(self) -> None:
-        self.cond = threading.Condition()
-        self.by_id: dict[str, str] = {}
-
-    def after_process_message(
-        self,
-        broker: Broker,
-        message: MessageProxy,
-        *,
-        result: Any | None = None,
-        exception: BaseException | None = None,
-    ) -> None:
-        """Record ``done`` or the name of the exception the message ended with."""
-        with self.cond:
-            self.by_id[message.message_id] = (
-                "done" if exception is None else type(exception).__name__
-            )
-            self.cond.notify_all()
-
-    def wait(self, message_id: str) -> str:
-        """Wait until the message ended; return how."""
-        with self.cond:
-            if not self.cond.wait_for(lambda: message_id in self.by_id, WAIT):
-                pytest.fail(f"message {message_id} did not end within {WAIT} s")
-            return self.by_id[message_id]
 
 
 @pytest.fixture
@@ -135,7 +104,7 @@ def test_abort_wakes_wait_and_the_child_cleans_up(
     running = child.wait_ready()
     assert inside.wait(WAIT)
     abort(message.message_id)
-    assert outcomes.wait(message.message_id) == "Abort"
+    assert outcomes.ended(message.message_id) == "Abort"
     join(stub, "default", worker)
     assert child.log == ["SIGINT", "cleaned up"]
     assert isinstance(seen["proc"], subprocess.Popen)
@@ -168,7 +137,7 @@ def test_abort_wakes_communicate(
     child.wait_ready()
     assert inside.wait(WAIT)
     abort(message.message_id)
-    assert outcomes.wait(message.message_id) == "Abort"
+    assert outcomes.ended(message.message_id) == "Abort"
     join(stub, "default", worker)
     assert child.log == ["SIGINT", "cleaned up"]
     assert "communicate returned" not in seen
@@ -196,7 +165,7 @@ def test_abort_on_the_redis_backend(
     message = convert.send()
     running = child.wait_ready()
     abort(message.message_id)
-    assert outcomes.wait(message.message_id) == "Abort"
+    assert outcomes.ended(message.message_id) == "Abort"
     join(stub_broker, "default", worker)
     assert child.log == ["SIGINT", "cleaned up"]
     assert gone(running)
@@ -241,7 +210,7 @@ def test_abort_escalates(
     running = child.wait_ready()
     assert inside.wait(WAIT)
     abort(message.message_id)
-    assert outcomes.wait(message.message_id) == "Abort"
+    assert outcomes.ended(message.message_id) == "Abort"
     join(stub, "default", worker)
     assert child.log == log
     assert seen["proc"].returncode == returncode
@@ -269,7 +238,7 @@ def test_grandchildren_die_with_the_child(
     grandchild, _ = child.grandchild()
     assert grandchild.ppid() == running.pid
     abort(message.message_id)
-    assert outcomes.wait(message.message_id) == "Abort"
+    assert outcomes.ended(message.message_id) == "Abort"
     join(stub, "default", worker)
     assert child.log == ["SIGINT", f"grandchild exited {-signal.SIGINT}", "cleaned up"]
     assert gone(running)
@@ -298,7 +267,7 @@ def test_what_the_child_leaves_in_its_group_is_killed(
     running = child.wait_ready()
     grandchild, grandchild_fd = child.grandchild()
     abort(message.message_id)
-    assert outcomes.wait(message.message_id) == "Abort"
+    assert outcomes.ended(message.message_id) == "Abort"
     join(stub, "default", worker)
     assert child.log == ["SIGINT", "cleaned up"]
     assert gone(running)
@@ -326,7 +295,7 @@ def test_exception_in_the_block_stops_the_child(
 
     worker = start_worker(stub)
     message = convert.send()
-    assert outcomes.wait(message.message_id) == "ValueError"
+    assert outcomes.ended(message.message_id) == "ValueError"
     join(stub, "default", worker)
     assert child.log == ["SIGINT", "cleaned up"]
     assert seen["proc"].returncode == 7
@@ -351,7 +320,7 @@ def test_normal_exit_waits_for_the_child(
 
     worker = start_worker(stub)
     message = convert.send()
-    assert outcomes.wait(message.message_id) == "done"
+    assert outcomes.ended(message.message_id) == "done"
     join(stub, "default", worker)
     assert child.log == ["eof"]
     assert seen == {"returncode": 0, "stopped": False}
@@ -382,7 +351,7 @@ def test_a_shield_holds_the_signal_back(
     message = convert.send()
     child.wait_ready()
     abort(message.message_id)
-    assert outcomes.wait(message.message_id) == "Abort"
+    assert outcomes.ended(message.message_id) == "Abort"
     join(stub, "default", worker)
     assert events == ["started", "requested=True", "exit status 0", "block left"]
     assert child.log == ["eof"]
@@ -413,7 +382,7 @@ def test_a_shield_inside_the_block_delays_the_signal_to_its_end(
     child.wait_ready()
     assert inside.wait(WAIT)
     abort(message.message_id)
-    assert outcomes.wait(message.message_id) == "Abort"
+    assert outcomes.ended(message.message_id) == "Abort"
     join(stub, "default", worker)
     assert events == ["in the shield: log=[]"]
     assert child.log == ["SIGINT", "cleaned up"]
@@ -434,7 +403,7 @@ def test_guarded_run_is_interrupted_by_an_abort(
     message = convert.send()
     running = child.wait_ready()
     abort(message.message_id)
-    assert outcomes.wait(message.message_id) == "Abort"
+    assert outcomes.ended(message.message_id) == "Abort"
     join(stub, "default", worker)
     assert child.log == ["SIGINT", "cleaned up"]
     assert "result" not in seen
@@ -465,7 +434,7 @@ def test_a_graceful_abort_signals_the_child_only_when_abort_is_delivered(
     abort(message.message_id, abort_timeout=60_000)
     assert countdown_seen.wait(WAIT)
     abort(message.message_id)  # no grace this time: delivered at once
-    assert outcomes.wait(message.message_id) == "Abort"
+    assert outcomes.ended(message.message_id) == "Abort"
     join(stub, "default", worker)
     assert events == ["countdown seen: log=[]"]
     assert child.log == ["SIGINT", "cleaned up"]
@@ -497,7 +466,7 @@ def test_an_async_actor_waiting_in_an_executor_is_aborted(
     running = child.wait_ready()
     assert inside.wait(WAIT)
     abort(message.message_id)
-    assert outcomes.wait(message.message_id) == "Abort"
+    assert outcomes.ended(message.message_id) == "Abort"
     # The worker thread ends the message while the event loop cancels the task.
     assert block_left.wait(WAIT)
     join(stub, "default", worker)
@@ -531,7 +500,7 @@ def test_an_abort_after_the_block_signals_nothing(
     message = convert.send()
     assert block_done.wait(WAIT)
     abort(message.message_id)
-    assert outcomes.wait(message.message_id) == "Abort"
+    assert outcomes.ended(message.message_id) == "Abort"
     join(stub, "default", worker)
     assert not [r for r in caplog.records if "Sending" in r.getMessage()]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

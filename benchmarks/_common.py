@@ -18,11 +18,16 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import shutil
+import socket
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import dramatiq
 import redis
@@ -157,3 +162,48 @@ def delete_keys(client: redis.Redis, prefix: str) -> int:
     for start in range(0, len(keys), 1000):
         deleted += int(client.delete(*keys[start : start + 1000]))
     return deleted
+
+
+def with_db(url: str, db: int) -> str:
+    """Return the Redis ``url`` pointed at database ``db``."""
+    return urlunsplit(urlsplit(url)._replace(path=f"/{db}"))
+
+
+def free_port() -> int:
+    """Return a loopback TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_server_binary() -> str | None:
+    """The ``redis-server`` program, or ``None`` if this machine has none."""
+    return shutil.which("redis-server")
+
+
+@contextlib.contextmanager
+def throwaway_redis(prefix: str) -> Iterator[str]:
+    """Run a private ``redis-server`` without persistence; yield its URL."""
+    binary = redis_server_binary() or "/usr/bin/redis-server"
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix=prefix) as workdir:
+        args = ["--port", str(port), "--bind", "127.0.0.1", "--dir", workdir]
+        process = subprocess.Popen(
+            [binary, *args, "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            client = redis.Redis(port=port, socket_connect_timeout=1)
+            for _ in range(100):
+                with contextlib.suppress(redis.ConnectionError):
+                    if client.ping():
+                        break
+                time.sleep(0.05)  # polling a server we just started; nothing to wait on
+            else:
+                raise RuntimeError(f"{binary} did not answer on port {port}")
+            client.close()
+            yield f"redis://127.0.0.1:{port}"
+        finally:
+            process.terminate()
+            process.wait(10)

@@ -73,25 +73,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import math
 import os
 import queue
 import random
-import shutil
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 import dramatiq
 import redis
@@ -107,6 +101,8 @@ from _common import (
     delete_keys,
     next_sample_id,
     serve,
+    throwaway_redis,
+    with_db,
 )
 from dramatiq_abort import Abort, Abortable, abort
 from dramatiq_abort.backends import RedisBackend
@@ -446,56 +442,6 @@ class WorkerProcess(WorkerPipes):
 
 
 # -- Redis helpers ---------------------------------------------------------------
-
-
-def with_db(url: str, db: int) -> str:
-    """Return the Redis ``url`` pointed at database ``db``."""
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{db}"))
-
-
-def free_port() -> int:
-    """Return a loopback TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def throwaway_redis() -> Iterator[str]:
-    """Run a private ``redis-server`` without persistence; yield its URL."""
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="abort-bench-redis-") as workdir:
-        options = {
-            "port": port,
-            "bind": "127.0.0.1",
-            "dir": workdir,
-            "save": "",
-            "appendonly": "no",
-        }
-        process = subprocess.Popen(
-            [
-                binary,
-                *(arg for name, value in options.items() for arg in (f"--{name}", str(value))),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            client = redis.Redis(port=port, socket_connect_timeout=1)
-            for _ in range(100):
-                with contextlib.suppress(redis.ConnectionError):
-                    if client.ping():
-                        break
-                time.sleep(0.05)
-            else:
-                raise RuntimeError(f"{binary} did not answer on port {port}")
-            client.close()
-            yield f"redis://127.0.0.1:{port}"
-        finally:
-            process.terminate()
-            process.wait(10)
 
 
 def count_commands(client: redis.Redis, during: Callable[[], None]) -> dict[str, int]:
@@ -895,7 +841,7 @@ def main(argv: list[str] | None = None) -> int:
         f"worker_timeout={WORKER_TIMEOUT_MS} ms, in a child process"
     )
     started = time.monotonic()
-    with throwaway_redis() as server_url:
+    with throwaway_redis("abort-bench-redis-") as server_url:
         backend_client = redis.Redis.from_url(with_db(server_url, DB))
         settings = Settings(broker_url, with_db(server_url, DB), namespace)
         version = backend_client.info("server")["redis_version"]

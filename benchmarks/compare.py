@@ -73,16 +73,14 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+
+from _common import redis_server_binary, throwaway_redis, with_db
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -206,58 +204,6 @@ def prepare_this_venv(venv_dir: Path, rebuild: bool, like: Path) -> tuple[Path, 
 
 
 # -- Redis -----------------------------------------------------------------------
-
-
-def with_db(url: str, db: int) -> str:
-    """Return the Redis ``url`` pointed at database ``db``."""
-    return urlunsplit(urlsplit(url)._replace(path=f"/{db}"))
-
-
-def free_port() -> int:
-    """Return a loopback TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def answers_ping(port: int) -> bool:
-    """Whether a Redis server on loopback ``port`` answers ``PING``."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def throwaway_redis() -> Iterator[str | None]:
-    """Run a private ``redis-server`` without persistence; yield its URL (``None`` if absent)."""
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    if not os.access(binary, os.X_OK):
-        yield None
-        return
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="abort-compare-redis-") as workdir:
-        process = subprocess.Popen(
-            [
-                *(binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", workdir),
-                *("--save", "", "--appendonly", "no"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            for _ in range(100):
-                if answers_ping(port):
-                    break
-                time.sleep(0.05)
-            else:
-                raise RuntimeError(f"{binary} did not answer on port {port}")
-            yield f"redis://127.0.0.1:{port}"
-        finally:
-            process.terminate()
-            process.wait(10)
 
 
 # -- running the runner ----------------------------------------------------------
@@ -782,7 +728,10 @@ def main(argv: list[str] | None = None) -> int:
     this, old = Side(THIS, this_python), Side(OLD, old_python)
 
     broker_url = with_db(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379"), DB)
-    with throwaway_redis() as server_url:
+    with contextlib.ExitStack() as stack:
+        server_url = None
+        if redis_server_binary() is not None:
+            server_url = stack.enter_context(throwaway_redis("abort-compare-redis-"))
         if server_url is None:
             urls = Urls(broker_url, broker_url, isolated=False)
             notes.append("no redis-server binary: the event backend shares the broker's Redis")

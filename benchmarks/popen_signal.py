@@ -43,12 +43,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import dramatiq
 from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
 
+from _common import with_db
 from dramatiq_abort import Abort, Abortable, EventBackend, abort, backends, guarded_popen
 
 #: Redis database of every key the benchmark writes.
@@ -126,11 +126,6 @@ def percentile(values: list[float], p: float) -> float:
     """Return the nearest-rank ``p``-th percentile of ``values``."""
     ordered = sorted(values)
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
-
-
-def with_db(url: str, db: int) -> str:
-    """Return the Redis ``url`` pointed at database ``db``."""
-    return urlunsplit(urlsplit(url)._replace(path=f"/{db}"))
 
 
 @contextmanager

@@ -60,24 +60,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import math
 import os
 import random
-import shutil
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import dramatiq
 import redis
@@ -92,6 +86,8 @@ from _common import (
     delete_keys,
     next_sample_id,
     serve,
+    throwaway_redis,
+    with_db,
 )
 from dramatiq_abort import Abort, Abortable, AbortMode, abort
 from dramatiq_abort.backends import RedisBackend
@@ -295,46 +291,6 @@ class WorkerProcess(WorkerPipes):
 
 
 # -- Redis helpers ---------------------------------------------------------------
-
-
-def with_db(url: str, db: int) -> str:
-    """Return the Redis ``url`` pointed at database ``db``."""
-    return urlunsplit(urlsplit(url)._replace(path=f"/{db}"))
-
-
-def free_port() -> int:
-    """Return a loopback TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def throwaway_redis() -> Iterator[str]:
-    """Run a private ``redis-server`` without persistence; yield its URL."""
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="abort-scale-redis-") as workdir:
-        args = ["--port", str(port), "--bind", "127.0.0.1", "--dir", workdir]
-        process = subprocess.Popen(
-            [binary, *args, "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            client = redis.Redis(port=port, socket_connect_timeout=1)
-            for _ in range(100):
-                with contextlib.suppress(redis.ConnectionError):
-                    if client.ping():
-                        break
-                time.sleep(0.05)
-            else:
-                raise RuntimeError(f"{binary} did not answer on port {port}")
-            client.close()
-            yield f"redis://127.0.0.1:{port}"
-        finally:
-            process.terminate()
-            process.wait(10)
 
 
 def wait_subscribers(client: redis.Redis, channel: str) -> None:
@@ -573,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     namespace = f"abort-scale-{uuid.uuid4().hex[:8]}"
     findings: list[str] = []
-    with throwaway_redis() as backend_url:
+    with throwaway_redis("abort-scale-redis-") as backend_url:
         backend_client = redis.Redis.from_url(backend_url)
         base = Settings(broker_url, backend_url, namespace, threads=1)
 

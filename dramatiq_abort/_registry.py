@@ -158,6 +158,10 @@ class Registry:
         """Return the message with this id if it is running here."""
         return self._by_id.get(message_id)
 
+    def __len__(self) -> int:
+        """Return the number of registered messages."""
+        return len(self._by_id)
+
     def running_ids(self) -> list[str]:
         """Ids of every registered message."""
         with self._lock:

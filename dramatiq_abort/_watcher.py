@@ -8,14 +8,22 @@ that are running, so nothing announced during the outage is missed.  With
 a plain 1.x backend it falls back to :meth:`EventBackend.wait_many`.  A
 second thread, the :class:`DeadlineTimer`, raises graceful aborts at their
 deadline.
+
+The watcher also vouches for the worker's look-ahead notes (see
+``_lookahead``): its *generation* is even while a subscription is live and
+changes whenever one is lost or made, and while messages start or run it
+pings a silent subscription, so a dead connection that was never closed
+is noticed within seconds.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 
 from dramatiq.logging import get_logger
 
+from ._lookahead import Lookahead
 from ._registry import ENTERED, STARTED, DeadlineTimer, Registry
 from ._request import KEY_PREFIX, AbortMode, AbortRequest, key_for
 from .events import Event, EventBackend, Subscription
@@ -26,14 +34,27 @@ _READ_TIMEOUT = 0.25
 _FALLBACK_WAIT_MS = 1000
 _MIN_BACKOFF = 0.1
 _MAX_BACKOFF = 1.0
+#: Seconds of silence on a busy worker's subscription before the watcher pings it.
+_PING_AFTER = 1.0
+#: Seconds of silence before the watcher pings a subscription while messages run here.
+_PING_RUNNING_AFTER = 5.0
+#: Seconds of silence after which look-ahead notes are not trusted.
+_STALE = 2.5
+#: Seconds a ping may go unanswered before the subscription counts as lost.
+_PONG_TIMEOUT = 10.0
+#: A worker counts as busy this many seconds after a message last wanted a note.
+_BUSY_FOR = 2.0
 
 
 class Watcher:
     """Listener and deadline threads of one ``Abortable`` in one process."""
 
-    def __init__(self, backend: EventBackend, registry: Registry) -> None:
+    def __init__(
+        self, backend: EventBackend, registry: Registry, lookahead: Lookahead | None = None
+    ) -> None:
         self._backend = backend
         self._registry = registry
+        self._lookahead = lookahead if lookahead is not None else Lookahead()
         self._timer = DeadlineTimer(registry)
         self._logger = get_logger(__name__, type(self))
         self._lock = threading.Lock()
@@ -41,6 +62,16 @@ class Watcher:
         self._thread: threading.Thread | None = None
         #: Whether the backend answered last time; the hot path skips it when not.
         self.healthy = True
+        #: Even while a subscription is live; bumped when one is made or lost.
+        self.generation = 1
+        #: ``time.monotonic()`` of the last thing read from the subscription.
+        self.heard_at = float("-inf")
+        self._pingable = False
+        self._pinged_at: float | None = None
+        #: The live subscription, when it can tell what waits unread on it.
+        self._subscription: Subscription | None = None
+        #: True while the watcher reads and handles announcements.
+        self._handling = False
 
     @property
     def running(self) -> bool:
@@ -74,16 +105,113 @@ class Watcher:
                 thread.join(timeout)
             self._timer.stop(timeout)
 
+    def live_generation(self) -> int | None:
+        """The generation look-ahead notes may be trusted in now, or ``None``.
+
+        ``None`` while no subscription is live, and while a pingable one has
+        been silent longer than ``_STALE`` (pings keep a busy one talking).
+        """
+        generation = self.generation
+        if generation % 2:
+            return None
+        if self._pingable and time.monotonic() - self.heard_at > _STALE:
+            return None
+        return generation
+
+    def settled(self) -> bool:
+        """Whether every announcement that reached this process has been handled.
+
+        ``False`` while the watcher handles one, while one waits unread on
+        the subscription, and with a subscription that cannot tell (no
+        ``pending()``).  The order of the two looks matters: anything read
+        before the ``pending()`` look was read inside a handling span, so
+        the second look at ``_handling`` sees that span or its end.
+        """
+        subscription = self._subscription
+        if subscription is None or self._handling:
+            return False
+        try:
+            if subscription.pending():  # type: ignore[attr-defined]
+                return False
+        except Exception:
+            return False
+        return not self._handling
+
+    def _drain(self, subscription: Subscription) -> None:
+        """Read and handle everything that has arrived, flagged as handling throughout."""
+        self._handling = True
+        try:
+            more = True
+            while more:
+                events, more = subscription.drain()  # type: ignore[attr-defined]
+                self.handle(events)
+        except BaseException:
+            self._went_dark()  # before the flag drops: what was read may be half handled
+            raise
+        finally:
+            self._handling = False
+
+    def _went_live(self, subscription: Subscription) -> None:
+        settling = all(
+            callable(getattr(subscription, name, None)) for name in ("ready", "drain", "pending")
+        )
+        self._subscription = subscription if settling else None
+        self._pingable = callable(getattr(subscription, "ping", None))
+        self.heard_at = time.monotonic()
+        self._pinged_at = None
+        if self.generation % 2:
+            self.generation += 1
+
+    def _went_dark(self) -> None:
+        self._subscription = None
+        if not self.generation % 2:
+            self.generation += 1
+
+    def _keep_alive(self, subscription: Subscription) -> None:
+        """Ping a silent subscription while it matters; fail one that stopped answering.
+
+        It matters while messages start (their notes need a live
+        subscription: ping after 1 s of silence) and while messages run
+        (their aborts need it: after 5 s).  An idle worker sends nothing.
+        """
+        heard = getattr(subscription, "heard_at", None)
+        if heard is None:
+            return
+        self.heard_at = heard
+        now = time.monotonic()
+        if self._pinged_at is not None:
+            if heard >= self._pinged_at:
+                self._pinged_at = None
+            elif now - self._pinged_at > _PONG_TIMEOUT:
+                msg = f"no reply to PING on the subscription within {_PONG_TIMEOUT:g} s"
+                raise ConnectionError(msg)
+            return
+        silent = now - heard
+        busy = now - self._lookahead.wanted_at <= _BUSY_FOR
+        if (busy and silent >= _PING_AFTER) or (silent >= _PING_RUNNING_AFTER and self._registry):
+            self._pinged_at = now
+            subscription.ping()  # type: ignore[attr-defined]
+
     def handle(self, events: list[Event], *, resync: bool = False) -> None:
         """Apply announced (or, on ``resync``, re-read) events to the messages running here."""
+        lookahead = self._lookahead
         for event in events:
             if not event.key.startswith(KEY_PREFIX):
                 continue
-            if self._registry.get(event.key[len(KEY_PREFIX) :]) is None:
+            message_id = event.key[len(KEY_PREFIX) :]
+            noted = lookahead.noted(message_id)
+            if not noted and self._registry.get(message_id) is None:
                 continue  # the common case: not ours; skip decoding
             request = AbortRequest.from_event(event)
             if request is None:
                 continue
+            if noted:
+                lookahead.offer(request)
+                self._logger.debug(
+                    "Noted a request (%s) for message %s, waiting in the work queue.",
+                    request.mode.value,
+                    message_id,
+                )
             if resync and request.mode is AbortMode.CANCEL:
                 entry = self._registry.get(request.message_id)
                 if entry is not None and entry.state in (STARTED, ENTERED) and not entry.checked:
@@ -115,14 +243,22 @@ class Watcher:
                     return
                 # Healthy first: a message starting from now on asks the backend
                 # itself; the resync covers those that started before.
+                self._went_live(subscription)
                 self.healthy = True
                 self.resync()
                 if failures:
                     self._logger.info("Event backend is reachable again; aborts resume.")
                 failures, backoff = 0, _MIN_BACKOFF
+                settling = self._subscription is not None
                 while not stop.is_set():
-                    self.handle(subscription.get(_READ_TIMEOUT))
+                    if not settling:
+                        self.handle(subscription.get(_READ_TIMEOUT))
+                    elif subscription.ready(_READ_TIMEOUT):  # type: ignore[attr-defined]
+                        self._drain(subscription)
+                    if self._pingable:
+                        self._keep_alive(subscription)
             except Exception as exc:
+                self._went_dark()
                 self.healthy = False
                 failures += 1
                 if failures == 1:
@@ -135,6 +271,7 @@ class Watcher:
                 else:
                     self._logger.debug("Event backend still unreachable: %s", exc)
             finally:
+                self._went_dark()
                 if subscription is not None:
                     try:
                         subscription.close()

@@ -31,7 +31,14 @@ class Event:
 
 
 class Subscription(Protocol):
-    """A live feed of the events a backend announces (see :meth:`EventBackend.subscribe`)."""
+    """A live feed of the events a backend announces (see :meth:`EventBackend.subscribe`).
+
+    A subscription over a network connection may also offer ``ping()``
+    (send a keep-alive whose reply :meth:`get` reads) and ``heard_at``
+    (``time.monotonic()`` of the last thing it read): the watcher then
+    pings a busy worker's silent subscription and notices a dead
+    connection that was never closed.
+    """
 
     def get(self, timeout: float) -> list[Event]:
         """Wait at most ``timeout`` seconds for announced events.
@@ -51,6 +58,12 @@ class Subscription(Protocol):
 
 class EventBackend(abc.ABC):
     """ABC for event backends."""
+
+    #: Whether workers may check the messages waiting in their prefetch
+    #: buffer in batches and rely on :meth:`subscribe` for what follows (see
+    #: ``_lookahead``); a backend whose ``poll`` costs no round trip gains
+    #: nothing from it and keeps one check per message.
+    _read_ahead = False
 
     @abc.abstractmethod
     def notify(self, events: Iterable[Event], ttl: int) -> None:

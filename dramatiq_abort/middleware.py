@@ -8,10 +8,12 @@ from typing import Any
 
 import dramatiq
 from dramatiq.broker import Broker, MessageProxy
+from dramatiq.errors import ActorNotFound
 from dramatiq.middleware import Middleware, SkipMessage
 from dramatiq.worker import Worker
 
 from ._async import _AsyncGuarded, is_async_actor_fn
+from ._lookahead import Lookahead
 from ._registry import REGISTRY, _Guarded, _Running
 from ._request import (
     DEFAULT_GRACE,
@@ -118,7 +120,9 @@ class Abortable(Middleware):
         self._saved_interval: float | None = None
         self.logger = dramatiq.logging.get_logger(__name__, type(self))
         self._registry = REGISTRY
-        self._watcher = Watcher(backend, REGISTRY)
+        self._lookahead = Lookahead()
+        self._watcher = Watcher(backend, REGISTRY, self._lookahead)
+        self._read_ahead = bool(getattr(backend, "_read_ahead", False))
         self._last_warning = 0.0
 
     @property
@@ -134,10 +138,13 @@ class Abortable(Middleware):
 
     def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
         """Start the watcher before the worker takes messages."""
+        if self._read_ahead:
+            self._lookahead.attach(worker)
         self._start()
 
     def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
         """Stop the watcher once the worker's threads have finished."""
+        self._lookahead.detach()
         self._watcher.stop()
         if self._saved_interval is not None:
             sys.setswitchinterval(self._saved_interval)
@@ -200,7 +207,7 @@ class Abortable(Middleware):
             self.cleanup_timeout / 1000,
         )
         if self._watcher.healthy or not self._watcher.running:
-            entry.checked = self._check_backend(entry)
+            entry.checked = self._check_backend(entry, broker)
         if not self._registry.start(entry):
             request = entry.request
             self.logger.info(
@@ -211,10 +218,31 @@ class Abortable(Middleware):
             message.fail()
             raise SkipMessage(f"message {message.message_id} was aborted before it started")
 
-    def _check_backend(self, entry: _Running) -> bool:
+    def _check_backend(self, entry: _Running, broker: Broker) -> bool:
+        """Look for a request for the entry's message; ``False`` if the backend failed."""
+        noted: list[str] = []
+        generation: int | None = None
         try:
-            event = self.backend.poll(key_for(entry.message_id))
+            if self._read_ahead:
+                generation = self._watcher.live_generation()
+                self._lookahead.want()
+                if generation is not None:
+                    # Settled first: an announcement that reached this process
+                    # before now is then in the note (see Watcher.settled).
+                    settled = self._watcher.settled()
+                    hit, request = self._lookahead.take(entry.message_id, generation)
+                    if hit and settled:
+                        if request is not None:
+                            self._registry.request(request, live=False)
+                        return True
+                    waiting = self._waiting(broker, entry.message_id)
+                    noted = self._lookahead.reserve(waiting, generation)
+                events = self.backend.poll_many([key_for(i) for i in (entry.message_id, *noted)])
+            else:
+                event = self.backend.poll(key_for(entry.message_id))
+                events = [] if event is None else [event]
         except Exception as exc:
+            self._lookahead.drop(noted)
             now = time.monotonic()
             if now - self._last_warning >= _WARN_EVERY:
                 self._last_warning = now
@@ -225,11 +253,32 @@ class Abortable(Middleware):
                     exc,
                 )
             return False
-        if event is not None:
+        for event in events:
             request = AbortRequest.from_event(event)
-            if request is not None:
+            if request is None:
+                continue
+            if request.message_id == entry.message_id:
                 self._registry.request(request, live=False)
+            else:
+                self._lookahead.offer(request)
+        if noted and generation is not None:
+            self._lookahead.complete(noted, generation)
         return True
+
+    def _waiting(self, broker: Broker, current: str) -> list[str]:
+        """Ids of the abortable messages waiting in the work queue, but ``current``."""
+        ids = []
+        for message in self._lookahead.waiting():
+            message_id = message.message_id
+            if message_id == current or not isinstance(message_id, str):
+                continue
+            try:
+                actor = broker.get_actor(message.actor_name)
+            except ActorNotFound:  # dramatiq fails it when it comes up; nothing to check
+                continue
+            if self._is_abortable(actor, message):
+                ids.append(message_id)
+        return ids
 
     def after_process_message(
         self,

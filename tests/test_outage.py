@@ -288,7 +288,11 @@ def test_garbage_in_the_backend_crashes_nothing(
     assert hold.runs["target"] == 1
     assert [m.message_id for m in stub_broker.dead_letters] == [target.message_id]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    for message in stored.values():
+    for name, message in stored.items():
+        if name == "a redis list":
+            # Read in one MGET with the messages waiting beside it, and MGET
+            # answers nil for a key of another type: no request, no warning.
+            continue
         assert any(message.message_id in text for text in warnings), message.message_id
     assert sum("malformed announcement" in text for text in warnings) == 6
     # Both well-formed announcements with bad parameters, for the running target.

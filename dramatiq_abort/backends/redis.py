@@ -17,6 +17,8 @@ import inspect
 import json
 import logging
 import re
+import select
+import ssl
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -35,6 +37,10 @@ _logger = logging.getLogger(__name__)
 _SUBSCRIBE_TIMEOUT = 5.0
 #: The merge script's digest, computed here so no round trip is needed to learn it.
 _MERGE_SHA = hashlib.sha1(MERGE_LUA.encode("utf-8")).hexdigest()
+#: Most replies one ``drain`` reads before the watcher handles them.
+_DRAIN_REPLIES = 100
+#: Most keys in one MGET; more go in several, pipelined.
+_MGET_KEYS = 1000
 #: Client options :meth:`RedisBackend.from_url` sets unless the caller does.
 _URL_DEFAULTS: dict[str, Any] = {
     "socket_connect_timeout": 5,
@@ -77,10 +83,21 @@ def _decode_batch(raw: Any) -> list[Event]:
 
 
 class _RedisSubscription:
-    """A subscribed connection, read with a timeout."""
+    """A subscribed connection, read with a timeout.
+
+    It is read at the connection level, not through ``PubSub.get_message``:
+    redis-py silently reconnects and resubscribes a pub/sub connection that
+    failed, and announcements published meanwhile would be lost unnoticed.
+    A connect callback marks the subscription as remade instead, and every
+    read then raises, so the watcher opens a new one and re-checks.
+    """
 
     def __init__(self, client: Any, channel: str) -> None:
         self._pubsub = client.pubsub()
+        self._connection: Any = None
+        self._remade = False
+        #: ``time.monotonic()`` of the last reply or message read.
+        self.heard_at = float("-inf")
         try:
             self._pubsub.subscribe(channel)
             deadline = time.monotonic() + _SUBSCRIBE_TIMEOUT
@@ -90,21 +107,99 @@ class _RedisSubscription:
                     raise redis.ConnectionError(f"Redis did not confirm SUBSCRIBE {channel}")
                 message = self._pubsub.get_message(timeout=remaining)
                 if message is not None and message["type"] in ("subscribe", b"subscribe"):
-                    return
+                    self.heard_at = time.monotonic()
+                    break
+            self._connection = self._pubsub.connection
+            self._connection.register_connect_callback(self._reconnected)
+            parameters = inspect.signature(self._connection.read_response).parameters
+            self._read_options = {"disconnect_on_error": False}
+            if "push_request" in parameters:  # RESP3: pub/sub messages are pushes
+                self._read_options["push_request"] = True
         except BaseException:
             self.close()
             raise
 
+    def _reconnected(self, connection: Any) -> None:
+        self._remade = True
+
+    def _check(self) -> Any:
+        if self._remade:
+            msg = "the subscription's connection was lost and remade; announcements may be lost"
+            raise redis.ConnectionError(msg)
+        return self._connection
+
+    def _read(self, timeout: float) -> tuple[bool, list[Event]]:
+        """Read one reply if one arrives within ``timeout``: (read one?, its events)."""
+        connection = self._check()
+        if not connection.can_read(timeout=timeout):
+            self._check()
+            return False, []
+        # The rest of a reply that arrived in part comes within socket_timeout.
+        response = connection.read_response(**self._read_options)
+        self._check()
+        self.heard_at = time.monotonic()
+        if (
+            isinstance(response, (list, tuple))
+            and len(response) >= 3
+            and response[0] in (b"message", "message")
+        ):
+            return True, _decode_batch(response[2])
+        return True, []  # our PING's reply
+
     def get(self, timeout: float) -> list[Event]:
+        """Wait at most ``timeout`` seconds for one announcement."""
         # One read per call: every extra socket call releases the GIL, and a
         # CPU-bound actor thread then keeps it for a whole switch interval
         # before the watcher can deliver.  The next call reads what follows.
-        message = self._pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
-        if message is None or message["type"] not in ("message", b"message"):
-            return []
-        return _decode_batch(message["data"])
+        return self._read(timeout)[1]
+
+    def ready(self, timeout: float) -> bool:
+        """Wait at most ``timeout`` seconds for something to read, reading nothing."""
+        self._check()
+        return self._readable(timeout)
+
+    def drain(self) -> tuple[list[Event], bool]:
+        """Read what has arrived, without waiting: (events, whether more may be buffered)."""
+        events: list[Event] = []
+        for _ in range(_DRAIN_REPLIES):
+            read, batch = self._read(0)
+            if not read:
+                return events, False
+            events.extend(batch)
+        return events, True
+
+    def pending(self) -> bool:
+        """Whether something reached the connection that no read took yet (any thread)."""
+        if self._remade:
+            return True
+        sock = getattr(self._connection, "_sock", None)
+        if sock is None:
+            return True
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True
+        return self._readable(0, sock)
+
+    def _readable(self, timeout: float, sock: Any = None) -> bool:
+        if sock is None:
+            sock = getattr(self._connection, "_sock", None)
+            if sock is None:
+                return True  # disconnected: the next read reconnects and fails
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(max(0, int(timeout * 1000))))
+
+    def ping(self) -> None:
+        """Send a PING; a later read takes its reply."""
+        self._check()
+        self._pubsub.ping("dramatiq-abort")
 
     def close(self) -> None:
+        """Unsubscribe and give the connection back."""
+        if self._connection is not None:
+            try:
+                self._connection.deregister_connect_callback(self._reconnected)
+            except Exception:  # only a missing callback; nothing to undo
+                _logger.debug("Could not deregister a connect callback.", exc_info=True)
         try:
             self._pubsub.close()
         except Exception:  # closing a broken connection may fail; nothing to keep
@@ -125,6 +220,8 @@ class RedisBackend(EventBackend):
         >>> backend = backends.RedisBackend(client=redis.Redis())
 
     """
+
+    _read_ahead = True  # a read is a round trip: check prefetched messages in batches
 
     def __init__(self, *, client: Any = None, namespace: str = "dramatiq:aborts:") -> None:
         if not isinstance(namespace, str) or not namespace:
@@ -258,20 +355,27 @@ class RedisBackend(EventBackend):
         return None if raw is None else _decode_params(key, raw)
 
     def poll_many(self, keys: Iterable[str]) -> list[Event]:
-        """Return the stored events among ``keys``, in one round trip."""
+        """Return the stored events among ``keys``, in one round trip (``MGET``).
+
+        A key that holds another type than a string (not a request this
+        library wrote) reads as absent: ``MGET`` answers nil for it.
+        """
         # A key Redis cannot hold (a message id with a lone surrogate, which
         # a broker may still deliver) has no request: skip it, don't fail them all.
         wanted = [key for key in check_keys(keys) if encodable(key)]
         if not wanted:
             return []
-        pipe = self.client.pipeline(transaction=False)
-        for key in wanted:
-            pipe.get(self._key(key))
+        chunks = [wanted[i : i + _MGET_KEYS] for i in range(0, len(wanted), _MGET_KEYS)]
+        if len(chunks) == 1:
+            replies = [self.client.mget([self._key(key) for key in wanted])]
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            for chunk in chunks:
+                pipe.mget([self._key(key) for key in chunk])
+            replies = pipe.execute()
         found = []
-        for key, raw in zip(wanted, pipe.execute(raise_on_error=False), strict=True):
-            if isinstance(raw, Exception):
-                _logger.warning("Ignoring unreadable key %r: %s", self._key(key), raw)
-            elif raw is not None:
+        for key, raw in zip(wanted, (raw for reply in replies for raw in reply), strict=True):
+            if raw is not None:
                 event = _decode_params(key, raw)
                 if event is not None:
                     found.append(event)

@@ -142,9 +142,10 @@ class Lookahead:
             for message_id in message_ids:
                 self._notes.pop(message_id, None)
 
-    def noted(self, message_id: str) -> bool:
-        """Whether a note on ``message_id`` is held (a hint: no lock taken)."""
-        return message_id in self._notes
+    def noted(self, message_id: str, generation: int | None = None) -> bool:
+        """Whether a note on ``message_id`` is held, of ``generation`` if given (no lock taken)."""
+        note = self._notes.get(message_id)
+        return note is not None and (generation is None or note.generation == generation)
 
     def offer(self, request: AbortRequest) -> None:
         """Put a request, read back or just announced, in its message's note if there is one."""

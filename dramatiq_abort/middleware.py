@@ -235,7 +235,7 @@ class Abortable(Middleware):
                         if request is not None:
                             self._registry.request(request, live=False)
                         return True
-                    waiting = self._waiting(broker, entry.message_id)
+                    waiting = self._waiting(broker, entry.message_id, generation)
                     noted = self._lookahead.reserve(waiting, generation)
                 events = self.backend.poll_many([key_for(i) for i in (entry.message_id, *noted)])
             else:
@@ -265,12 +265,17 @@ class Abortable(Middleware):
             self._lookahead.complete(noted, generation)
         return True
 
-    def _waiting(self, broker: Broker, current: str) -> list[str]:
-        """Ids of the abortable messages waiting in the work queue, but ``current``."""
+    def _waiting(self, broker: Broker, current: str, generation: int) -> list[str]:
+        """Ids of the abortable messages waiting in the work queue without a note yet."""
         ids = []
-        for message in self._lookahead.waiting():
+        lookahead = self._lookahead
+        for message in lookahead.waiting():
             message_id = message.message_id
-            if message_id == current or not isinstance(message_id, str):
+            if (
+                message_id == current
+                or not isinstance(message_id, str)
+                or lookahead.noted(message_id, generation)
+            ):
                 continue
             try:
                 actor = broker.get_actor(message.actor_name)

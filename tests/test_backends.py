@@ -44,6 +44,11 @@ def test_notify_many_and_poll_many(event_backend: EventBackend) -> None:
     event_backend.notify([Event(f"abort:{i}", {"i": i}) for i in range(100)], ttl=10_000)
     found = event_backend.poll_many(["abort:3", "abort:missing", "abort:99"])
     assert sorted(event.params["i"] for event in found) == [3, 99]
+    # Many keys (the Redis backend asks EXISTS first), a few of them stored.
+    keys = [f"abort:absent-{i}" for i in range(1500)] + ["abort:42", "abort:7"]
+    found = event_backend.poll_many(keys)
+    assert sorted(event.params["i"] for event in found) == [7, 42]
+    assert event_backend.poll_many(keys[:1500]) == []
 
 
 def test_wait_many_returns_an_already_notified_event(event_backend: EventBackend) -> None:
@@ -144,3 +149,5 @@ def test_garbage_values_are_ignored(redis_backend: EventBackend, redis_client: o
     for key in ("abort:text", "abort:list", "abort:wrongtype"):
         assert redis_backend.poll(key) is None
     assert redis_backend.poll_many(["abort:text", "abort:list", "abort:wrongtype"]) == []
+    many = [f"abort:absent-{i}" for i in range(10)] + ["abort:wrongtype", "abort:text"]
+    assert redis_backend.poll_many(many) == []

@@ -20,11 +20,12 @@ import re
 import select
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis
 
+from .._fdcheck import readable_check
 from .._merge import MERGE_LUA
 from ..events import Event, EventBackend, Subscription
 from ._checks import check_events, check_key, check_keys, check_timeout, check_ttl, encodable
@@ -39,6 +40,9 @@ _SUBSCRIBE_TIMEOUT = 5.0
 _MERGE_SHA = hashlib.sha1(MERGE_LUA.encode("utf-8")).hexdigest()
 #: Most replies one ``drain`` reads before the watcher handles them.
 _DRAIN_REPLIES = 100
+#: From this many keys on, ``poll_many`` asks ``EXISTS`` first: requests are rare,
+#: and parsing one integer costs far less than parsing a nil per key.
+_EXISTS_FIRST = 8
 #: Most keys in one MGET; more go in several, pipelined.
 _MGET_KEYS = 1000
 #: Client options :meth:`RedisBackend.from_url` sets unless the caller does.
@@ -95,6 +99,8 @@ class _RedisSubscription:
     def __init__(self, client: Any, channel: str) -> None:
         self._pubsub = client.pubsub()
         self._connection: Any = None
+        self._sock: Any = None
+        self._ssl_pending: Callable[[], int] | None = None
         self._remade = False
         #: ``time.monotonic()`` of the last reply or message read.
         self.heard_at = float("-inf")
@@ -111,6 +117,11 @@ class _RedisSubscription:
                     break
             self._connection = self._pubsub.connection
             self._connection.register_connect_callback(self._reconnected)
+            # redis-py's socket: no public accessor; pending() treats it as opaque.
+            self._sock = getattr(self._connection, "_sock", None)
+            if isinstance(self._sock, ssl.SSLSocket):
+                self._ssl_pending = self._sock.pending
+            self._readable_now = readable_check(self._sock.fileno() if self._sock else -1)
             parameters = inspect.signature(self._connection.read_response).parameters
             self._read_options = {"disconnect_on_error": False}
             if "push_request" in parameters:  # RESP3: pub/sub messages are pushes
@@ -169,21 +180,22 @@ class _RedisSubscription:
         return events, True
 
     def pending(self) -> bool:
-        """Whether something reached the connection that no read took yet (any thread)."""
-        if self._remade:
-            return True
+        """Whether something reached the connection that no read took yet (any thread).
+
+        Asked for every message that starts, so it neither waits nor
+        releases the GIL (see ``_fdcheck``).
+        """
+        sock = self._sock
+        if self._remade or sock is None or getattr(self._connection, "_sock", None) is not sock:
+            return True  # remade, or disconnected: the next read fails
+        if self._ssl_pending is not None and self._ssl_pending():
+            return True  # decrypted, buffered in the TLS layer
+        return self._readable_now()
+
+    def _readable(self, timeout: float) -> bool:
         sock = getattr(self._connection, "_sock", None)
         if sock is None:
-            return True
-        if isinstance(sock, ssl.SSLSocket) and sock.pending():
-            return True
-        return self._readable(0, sock)
-
-    def _readable(self, timeout: float, sock: Any = None) -> bool:
-        if sock is None:
-            sock = getattr(self._connection, "_sock", None)
-            if sock is None:
-                return True  # disconnected: the next read reconnects and fails
+            return True  # disconnected: the next read reconnects and fails
         poller = select.poll()
         poller.register(sock, select.POLLIN | select.POLLPRI)
         return bool(poller.poll(max(0, int(timeout * 1000))))
@@ -355,15 +367,20 @@ class RedisBackend(EventBackend):
         return None if raw is None else _decode_params(key, raw)
 
     def poll_many(self, keys: Iterable[str]) -> list[Event]:
-        """Return the stored events among ``keys``, in one round trip (``MGET``).
+        """Return the stored events among ``keys``, with ``MGET``.
 
-        A key that holds another type than a string (not a request this
-        library wrote) reads as absent: ``MGET`` answers nil for it.
+        From eight keys on, an ``EXISTS`` of them all comes first, and the
+        ``MGET`` only when one exists: a second round trip, but only when
+        there is a request to read.  A key that holds another type than a
+        string (not a request this library wrote) reads as absent: ``MGET``
+        answers nil for it.
         """
         # A key Redis cannot hold (a message id with a lone surrogate, which
         # a broker may still deliver) has no request: skip it, don't fail them all.
         wanted = [key for key in check_keys(keys) if encodable(key)]
         if not wanted:
+            return []
+        if len(wanted) >= _EXISTS_FIRST and not self._any_exists(wanted):
             return []
         chunks = [wanted[i : i + _MGET_KEYS] for i in range(0, len(wanted), _MGET_KEYS)]
         if len(chunks) == 1:
@@ -380,6 +397,16 @@ class RedisBackend(EventBackend):
                 if event is not None:
                     found.append(event)
         return found
+
+    def _any_exists(self, keys: list[str]) -> bool:
+        """Whether any of ``keys`` exists: one integer to parse, not a reply per key."""
+        chunks = [keys[i : i + _MGET_KEYS] for i in range(0, len(keys), _MGET_KEYS)]
+        if len(chunks) == 1:
+            return bool(self.client.exists(*[self._key(key) for key in keys]))
+        pipe = self.client.pipeline(transaction=False)
+        for chunk in chunks:
+            pipe.exists(*[self._key(key) for key in chunk])
+        return any(pipe.execute())
 
     def wait_many(self, keys: Iterable[str], timeout: int) -> Event | None:
         """Wait up to ``timeout`` ms for one of ``keys``, stored or announced."""

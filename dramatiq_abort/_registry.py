@@ -39,6 +39,7 @@ import dramatiq
 
 from . import _interrupt
 from ._request import AbortMode, AbortRequest
+from ._switch import LONG_S, SwitchInterval
 from .exceptions import Abort
 
 _logger = logging.getLogger("dramatiq_abort")
@@ -57,12 +58,14 @@ class _Running:
     """One message running (or about to run) in this process."""
 
     __slots__ = (
+        "actor_name",
         "checked",
         "cleanup_s",
         "deadline",
         "default_grace_ms",
         "delivered",
         "depth",
+        "entered_at",
         "fired",
         "held",
         "hooks",
@@ -72,6 +75,7 @@ class _Running:
         "retries",
         "shield_depth",
         "state",
+        "switching",
         "thread_id",
         "wake",
     )
@@ -96,6 +100,9 @@ class _Running:
         self.is_async = False  # an async def actor: Abort goes into its coroutine, not the thread
         self.wake: Callable[[], None] | None = None  # schedules that, once the coroutine runs
         self.cleanup_s = cleanup_s  # how long an aborted coroutine may clean up before cancel
+        self.actor_name = ""  # for the switch interval's guess of how long it runs
+        self.entered_at: float | None = None  # time.monotonic() when its code began
+        self.switching = False  # counted in SwitchInterval.running while its code runs
 
     def __repr__(self) -> str:
         return f"<_Running {self.message_id!r} state={self.state} deadline={self.deadline}>"
@@ -108,14 +115,30 @@ class Registry:
         self._lock = threading.Lock()
         self._by_id: dict[str, _Running] = {}
         self._by_thread: dict[int, _Running] = {}
+        self._switch = SwitchInterval()
 
     # -- worker thread side -------------------------------------------------
 
+    def want_switch_interval(self, seconds: float | None) -> None:
+        """Lower the switch interval to ``seconds`` while long actor code runs (``_switch``)."""
+        with self._lock:
+            self._switch.want(seconds)
+
+    def release_switch_interval(self) -> None:
+        """Stop lowering the switch interval; restore the interpreter's."""
+        with self._lock:
+            self._switch.release()
+
     def register(
-        self, message_id: str, default_grace_ms: int = 0, cleanup_s: float = 5.0
+        self,
+        message_id: str,
+        default_grace_ms: int = 0,
+        cleanup_s: float = 5.0,
+        actor_name: str = "",
     ) -> _Running:
         """Register the message the calling thread is about to process."""
         entry = _Running(message_id, threading.get_ident(), default_grace_ms, cleanup_s)
+        entry.actor_name = actor_name
         with self._lock:
             self._by_id[message_id] = entry
             self._by_thread[entry.thread_id] = entry
@@ -174,7 +197,20 @@ class Registry:
                 return
             entry.state = ENTERED
             entry.is_async = is_async
-            due = entry.deadline is not None and entry.deadline <= time.monotonic()
+            # Inline, no Python calls: see _switch.
+            entry.entered_at = now = time.monotonic()
+            switch = self._switch
+            last = switch.last.get(entry.actor_name)
+            if last is None or last >= LONG_S:
+                entry.switching = True
+                switch.running += 1
+                wanted = switch.wanted
+                if switch.running == 1 and wanted is not None and switch.saved is None:
+                    current = sys.getswitchinterval()
+                    if wanted < current:
+                        switch.saved = current
+                        sys.setswitchinterval(wanted)
+            due = entry.deadline is not None and entry.deadline <= now
             if due:
                 entry.delivered = entry.fired = True
         if due:
@@ -195,6 +231,16 @@ class Registry:
                 # pending exception fire at its first line instead.
                 _interrupt.clear_async_exc(entry.thread_id, _interrupt.NULL)
                 entry.fired = True
+            if entry.entered_at is not None:  # inline, no Python calls: see _switch
+                switch = self._switch
+                if not entry.delivered:  # an aborted message says nothing of how long it runs
+                    switch.last[entry.actor_name] = time.monotonic() - entry.entered_at
+                if entry.switching:
+                    entry.switching = False
+                    switch.running -= 1
+                    if not switch.running and switch.saved is not None:
+                        sys.setswitchinterval(switch.saved)
+                        switch.saved = None
 
     def guard(self, fn: Callable[..., _R]) -> Callable[..., _R]:
         """Wrap an actor function so ``Abort`` can only land while it runs."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Any
 
@@ -52,13 +51,16 @@ class Abortable(Middleware):
         abortable: Default of the ``abortable`` option for every actor.
         abort_ttl: Milliseconds a request stays valid for a message that
             has not started yet (a ``timedelta`` works too).
-        switch_interval_ms: While a worker runs, lower CPython's thread
-            switch interval (``sys.setswitchinterval``) to this many
-            milliseconds, unless it is already lower; restored when the
-            worker stops.  The thread that delivers ``Abort`` needs the GIL,
-            and a CPU-bound actor holds it for a whole interval (5 ms by
-            default) before handing it over, so this bounds abort latency.
-            ``None`` leaves the interpreter's setting alone.
+        switch_interval_ms: While a worker runs a message whose actor may
+            run long (its last message here ran 20 ms or more, or none has
+            run yet), lower CPython's thread switch interval
+            (``sys.setswitchinterval``) to this many milliseconds, unless
+            it is already lower; restored as soon as no such message runs.
+            The thread that delivers ``Abort`` needs the GIL, and a
+            CPU-bound actor holds it for a whole interval (5 ms by default)
+            before handing it over, so this bounds abort latency; short
+            messages don't pay for the extra thread switches.  ``None``
+            leaves the interpreter's setting alone.
         cleanup_timeout: For ``async def`` actors: how long (ms or
             ``timedelta``) the coroutine may go on after ``Abort`` was
             thrown into it, cleaning up in ``except``/``finally`` blocks that
@@ -117,7 +119,6 @@ class Abortable(Middleware):
             raise ValueError(msg)
         self.switch_interval_ms = switch_interval_ms
         self.cleanup_timeout = to_ms(cleanup_timeout, "cleanup_timeout")
-        self._saved_interval: float | None = None
         self.logger = dramatiq.logging.get_logger(__name__, type(self))
         self._registry = REGISTRY
         self._lookahead = Lookahead()
@@ -146,18 +147,12 @@ class Abortable(Middleware):
         """Stop the watcher once the worker's threads have finished."""
         self._lookahead.detach()
         self._watcher.stop()
-        if self._saved_interval is not None:
-            sys.setswitchinterval(self._saved_interval)
-            self._saved_interval = None
+        self._registry.release_switch_interval()
 
     def _start(self) -> None:
         self._watcher.start()
-        wanted = self.switch_interval_ms
-        if wanted is not None and self._saved_interval is None:
-            current = sys.getswitchinterval()
-            if wanted / 1000 < current:
-                self._saved_interval = current
-                sys.setswitchinterval(wanted / 1000)
+        if self.switch_interval_ms is not None:
+            self._registry.want_switch_interval(self.switch_interval_ms / 1000)
 
     # -- actors --------------------------------------------------------------
 
@@ -205,6 +200,7 @@ class Abortable(Middleware):
             message.message_id,
             actor.options.get("abort_timeout") or 0,
             self.cleanup_timeout / 1000,
+            actor.actor_name,
         )
         if self._watcher.healthy or not self._watcher.running:
             entry.checked = self._check_backend(entry, broker)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable
 
 import dramatiq
@@ -131,19 +132,72 @@ def test_nested_actor_calls_stay_abortable(
     assert where == ["inner"]
 
 
-def test_switch_interval_is_lowered_while_a_worker_runs(stub_broker: StubBroker) -> None:
-    """The worker runs with a 1 ms switch interval, and the old one comes back at stop."""
+def test_switch_interval_is_lowered_while_long_actor_code_runs(stub_broker: StubBroker) -> None:
+    """1 ms while a message that may run long runs; the old interval between and after.
+
+    An actor may run long when its last message here ran 20 ms or more, or
+    none has run yet: its first message (30 ms) and the next one run at
+    1 ms; the one after a quick message runs at the interpreter's interval.
+    """
     import sys
 
     before = sys.getswitchinterval()
+    seen: list[float] = []
+
+    @dramatiq.actor(broker=stub_broker)
+    def probe(seconds: float) -> None:
+        """Note the interval, then take ``seconds``."""
+        seen.append(sys.getswitchinterval())
+        time.sleep(seconds)  # how long this message runs is the input under test
+
     stub_broker.add_middleware(Abortable(backend=backends.StubBackend()))
     worker = Worker(stub_broker, worker_threads=1, worker_timeout=50)
     worker.start()
     try:
-        assert sys.getswitchinterval() == min(before, 0.001)
+        between = []
+        for seconds in (0.03, 0.0, 0.0):
+            probe.send(seconds)
+            stub_broker.join(probe.queue_name, fail_fast=True, timeout=30_000)
+            worker.join()
+            between.append(sys.getswitchinterval())
     finally:
         worker.stop()
+    low = min(before, 0.001)
+    assert seen == [low, low, before]
+    assert between == [before, before, before]
     assert sys.getswitchinterval() == before
+
+
+def test_an_aborted_message_does_not_make_its_actor_look_short(stub_broker: StubBroker) -> None:
+    """Cut short by an abort, a message says nothing of how long its actor runs: still 1 ms."""
+    import sys
+
+    before = sys.getswitchinterval()
+    seen: list[float] = []
+    started = threading.Event()
+
+    @dramatiq.actor(broker=stub_broker, max_retries=0)
+    def long_job() -> None:
+        """Run until aborted."""
+        seen.append(sys.getswitchinterval())
+        started.set()
+        for _ in range(30_000):  # 30 s at most
+            time.sleep(0.001)
+
+    stub_broker.add_middleware(Abortable(backend=backends.StubBackend()))
+    worker = Worker(stub_broker, worker_threads=1, worker_timeout=50)
+    worker.start()
+    try:
+        for _ in range(2):
+            started.clear()
+            message = long_job.send()
+            assert started.wait(30)
+            abort(message.message_id)  # a few ms into it
+            stub_broker.join(long_job.queue_name, fail_fast=False, timeout=30_000)
+            worker.join()
+    finally:
+        worker.stop()
+    assert seen == [min(before, 0.001)] * 2
 
 
 def test_switch_interval_none_leaves_it_alone(stub_broker: StubBroker) -> None:

@@ -71,7 +71,7 @@ def bench(session: nox.Session) -> None:
     after its name.  compare.py keeps its two virtualenvs (this project and 1.2.1)
     in nox's cache directory.
     """
-    session.install(".[redis]")
+    session.install(".[redis]", *_group("bench"))
     scripts = {
         path.stem: path
         for path in sorted(Path("benchmarks").glob("*.py"))

@@ -32,7 +32,13 @@ Linux).  Scenarios:
 ``throughput``
     drain no-op messages with and without the middleware; with
     ``--isolated`` (the event backend alone on its Redis server), count the
-    commands it received from ``INFO commandstats``.
+    commands it received from ``INFO commandstats``.  Each drain also
+    reports the worker process's CPU time.
+``hooks``
+    the cost of the middleware's hooks alone: drain no-op messages on a
+    ``StubBroker`` (in memory, no broker round trips) with one worker
+    thread, in this process, with and without the middleware (its event
+    backend still on Redis), and report the CPU time per message.
 
 The broker lives on ``--broker-url`` and the event backend on
 ``--backend-url``, each under a namespace unique to this run; at the end
@@ -45,6 +51,7 @@ Run it by hand (normally ``compare.py`` does)::
 
     python benchmarks/_runner.py latency --params '{"a": 5, "b": 5, "c": 2}'
     python benchmarks/_runner.py throughput --params '{"messages": 500, "variants": ["none"]}'
+    python benchmarks/_runner.py hooks --params '{"messages": 5000, "variants": ["none"]}'
 
 (``--broker-url`` and ``--backend-url`` default to ``redis://127.0.0.1:6379/15``.)
 """
@@ -493,6 +500,65 @@ def run_throughput(
     return {"runs": runs, "worker": runs[-1]["worker"]}
 
 
+def run_hooks(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
+    """Drain ``params["messages"]`` no-ops on a ``StubBroker`` per variant; CPU per message.
+
+    Each drain gets a fresh broker, middleware and one-thread worker in this
+    process; the CPU time is the whole process's from the worker's start to
+    the last message, so it holds the consumer thread, the worker thread and
+    the middleware's own threads.
+    """
+    from dramatiq.brokers.stub import StubBroker
+
+    runs = []
+    drains = (
+        [(params["variants"][0], params.get("warmup", 0), False)] if params.get("warmup") else []
+    )
+    drains += [(variant, params["messages"], True) for variant in params["variants"]]
+    for variant, count, counted in drains:
+        broker = StubBroker()
+        client = None
+        if variant == "abortable":
+            namespace = new_namespace()
+            NAMESPACES.append(namespace)
+            client = redis.Redis.from_url(settings.backend_url)
+            backend = backends.RedisBackend(client=client, namespace=f"{namespace}:aborts:")
+            broker.add_middleware(Abortable(backend=backend))
+        tally = Tally()
+        broker.add_middleware(tally)
+
+        @dramatiq.actor(broker=broker, actor_name="hooks_noop", max_retries=0)
+        def noop() -> None:
+            """Do nothing."""
+
+        for _ in range(count):
+            noop.send()
+        worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=WORKER_TIMEOUT_MS)
+        # dramatiq read dramatiq_queue_prefetch when this process imported it,
+        # before main() set it; the worker reads this attribute at start.
+        worker.queue_prefetch = QUEUE_PREFETCH
+        started, cpu = time.monotonic(), time.process_time()
+        worker.start()
+        done, at = tally.wait_for(count, DRAIN_TIMEOUT_S)
+        cpu = time.process_time() - cpu
+        worker.stop()
+        broker.close()
+        if client is not None:
+            client.close()
+        if done < count:
+            raise RuntimeError(f"the worker was done with {done} of {count} messages")
+        if counted:
+            runs.append(
+                {
+                    "variant": variant,
+                    "messages": count,
+                    "seconds": at - started,
+                    "cpu_s": cpu,
+                }
+            )
+    return {"runs": runs, "worker": {"switch_interval_ms": sys.getswitchinterval() * 1000}}
+
+
 def worker_facts(boot: dict[str, Any]) -> dict[str, Any]:
     """Return how the worker process was set up, from its answer to ``start``."""
     return {"switch_interval_ms": boot["switch_interval_ms"], "prefetch": boot["prefetch"]}
@@ -557,7 +623,9 @@ def clean(value: Any) -> Any:
 def main(argv: list[str] | None = None) -> int:
     """Run one scenario and print its result as one line of JSON."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("scenario", choices=["info", "latency", "graceful", "cancel", "throughput"])
+    parser.add_argument(
+        "scenario", choices=["info", "latency", "graceful", "cancel", "throughput", "hooks"]
+    )
     parser.add_argument("--broker-url", default=DEFAULT_URL, help="Redis URL of the broker")
     parser.add_argument("--backend-url", default=DEFAULT_URL, help="Redis URL of the event backend")
     parser.add_argument("--params", default="{}", help="the scenario's sample counts, as JSON")
@@ -587,6 +655,8 @@ def main(argv: list[str] | None = None) -> int:
             result = run_graceful(settings, params)
         elif args.scenario == "cancel":
             result = run_cancel(settings, params)
+        elif args.scenario == "hooks":
+            result = run_hooks(settings, params)
         else:
             result = run_throughput(settings, params, backend_client)
     finally:

@@ -19,10 +19,16 @@ the parent.  Scenarios:
    cancelled (``AbortMode.CANCEL``); how many cancelled ones ran (must be
    0), and how long the worker takes to drain the queue.
 4. **throughput**: 5,000 no-op messages drained without the middleware,
-   with it, with it, without it (the next round in the other order),
-   after an uncounted warm-up drain; and the Redis commands the middleware
-   sends per message (``INFO commandstats`` of a Redis server that holds
-   only the event backend).
+   with it, with it, without it (the next round in the other order; four
+   rounds), after an uncounted warm-up drain: msg/s and the worker
+   process's CPU time per message, medians over the drains; and the Redis
+   commands the middleware sends per message (``INFO commandstats`` of a
+   Redis server that holds only the event backend).
+5. **hooks**: the per-message cost of the middleware's hooks alone: the
+   same alternation draining 20,000 no-op messages on a ``StubBroker``
+   (in memory: no broker round trips) with one worker thread, in one
+   process; CPU per message with the middleware minus without it (its
+   reads of the event backend, on Redis, included).
 
 In scenarios 1 and 2 the client idles a random time (up to 1 s) before
 each message, so messages start at random moments of 1.2.1's
@@ -45,9 +51,10 @@ Every run uses its own namespaces and deletes its keys at the end.
 
 Run it from the repository root (``nox -s bench -- compare`` does the same)::
 
-    python benchmarks/compare.py            # about 6 minutes
-    python benchmarks/compare.py --quick    # about 2 minutes, fewer samples
+    python benchmarks/compare.py            # about 8 minutes
+    python benchmarks/compare.py --quick    # about 3 minutes, fewer samples
     python benchmarks/compare.py --quick --only cancel throughput
+    python benchmarks/compare.py --plot docs/latency.png   # and draw the latencies
 
 The first run also builds the virtualenvs (about 30 s).  It prints
 figures and checks nothing: it exits 0 when it could measure, 1 when it
@@ -58,10 +65,11 @@ Note:
     of fewer than 100 samples is the largest one.  An actor that never saw
     ``Abort`` counts as an infinite latency.  The ratio is this project
     divided by 1.2.1; a dash where it means nothing (a zero, a negative
-    error).  A drain (scenarios 3 and 4) varies by 10 % or more from one
-    run to the next on a busy 2-core machine, and other load only ever
-    slows it down, so the table shows the best run (as ``timeit`` advises)
-    and the notes under it every run's figure.
+    error).  A drain varies by 10 % or more from one run to the next on a
+    busy 2-core machine.  The cancel drain shows the best run (other load
+    only ever slows it down, as ``timeit`` advises); throughput and hooks
+    compare the variants by medians over many alternating drains, and the
+    notes under the table give every run's figure.
 """
 
 from __future__ import annotations
@@ -73,9 +81,11 @@ import math
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,6 +119,10 @@ class Plan:
     queued: int
     #: No-op messages per round and variant of the throughput scenario.
     messages: int
+    #: Rounds of the throughput and hooks scenarios (each four drains per version).
+    drain_rounds: int = 4
+    #: No-op messages per drain of the hooks scenario.
+    hooks_messages: int = 20_000
 
 
 PLANS = {
@@ -118,6 +132,8 @@ PLANS = {
         graceful={100: 10, 500: 10, 2000: 4},
         queued=1000,
         messages=5000,
+        drain_rounds=4,
+        hooks_messages=20_000,
     ),
     "quick": Plan(
         rounds=1,
@@ -125,11 +141,15 @@ PLANS = {
         graceful={100: 4, 500: 4, 2000: 2},
         queued=1000,
         messages=2000,
+        drain_rounds=2,
+        hooks_messages=5_000,
     ),
 }
 #: No-op messages drained, uncounted, before each throughput run's measured drains.
 WARMUP_MESSAGES = 1000
-SCENARIOS = ("latency", "graceful", "cancel", "throughput")
+SCENARIOS = ("latency", "graceful", "cancel", "throughput", "hooks")
+#: Scenarios whose runs are drains, with ``Plan.drain_rounds`` rounds.
+DRAINS = ("throughput", "hooks")
 
 
 def say(text: str = "") -> None:
@@ -276,6 +296,8 @@ def scenario_params(scenario: str, plan: Plan, round_: int) -> dict[str, Any]:
     # ABBA, then BAAB: a drift during the run weighs on both variants alike.
     none, with_ = "none", "abortable"
     variants = [none, with_, with_, none] if round_ % 2 == 0 else [with_, none, none, with_]
+    if scenario == "hooks":
+        return {"messages": plan.hooks_messages, "variants": variants, "warmup": 2000}
     return {"messages": plan.messages, "variants": variants, "warmup": WARMUP_MESSAGES}
 
 
@@ -284,7 +306,8 @@ def run_all(sides: list[Side], plan: Plan, urls: Urls, scenarios: list[str]) -> 
     for scenario in scenarios:
         say()
         say(f"{scenario}:")
-        for round_ in range(plan.rounds):
+        rounds = plan.drain_rounds if scenario in DRAINS else plan.rounds
+        for round_ in range(rounds):
             params = scenario_params(scenario, plan, round_)
             for side in sides:
                 started = time.monotonic()
@@ -292,12 +315,13 @@ def run_all(sides: list[Side], plan: Plan, urls: Urls, scenarios: list[str]) -> 
                 result = output["result"]
                 side.results.setdefault(scenario, []).append(result)
                 side.deleted_keys += output["deleted_keys"]
-                if scenario != "throughput":
+                if scenario == "throughput":
+                    if not side.worker:  # a run with the middleware tells its setup
+                        side.worker = runs_of(side, "abortable")[0]["worker"]
+                elif scenario != "hooks":
                     side.worker = result["worker"]
-                elif not side.worker:  # a run with the middleware tells its setup
-                    side.worker = runs_of(side, "abortable")[0]["worker"]
                 say(
-                    f"  round {round_ + 1}/{plan.rounds}  {side.label:<12} "
+                    f"  round {round_ + 1}/{rounds}  {side.label:<12} "
                     f"{time.monotonic() - started:5.1f} s"
                 )
 
@@ -336,6 +360,9 @@ def pooled(side: Side, scenario: str, key: str) -> list[list[float | None]]:
 def rows_for(this: Side, old: Side, plan: Plan, scenarios: list[str]) -> list[Row]:
     """Turn both sides' raw results into the table's rows."""
     rows: list[Row] = []
+
+    def both(fn: Callable[..., float | None], *args: Any) -> tuple[float | None, float | None]:
+        return fn(this, *args), fn(old, *args)
 
     def count(a: list[Any], b: list[Any]) -> str:
         return str(len(a)) if len(a) == len(b) else f"{len(a)}/{len(b)}"
@@ -455,7 +482,17 @@ def rows_for(this: Side, old: Side, plan: Plan, scenarios: list[str]) -> list[Ro
     if "throughput" in scenarios:
 
         def rate(side: Side, variant: str) -> float:
-            return max(r["done"] / r["seconds"] for r in runs_of(side, variant))
+            return statistics.median(r["done"] / r["seconds"] for r in runs_of(side, variant))
+
+        def cpu(side: Side, variant: str, scenario: str = "throughput") -> float | None:
+            runs = runs_of(side, variant, scenario)
+            if not runs or any("cpu_s" not in r for r in runs):
+                return None
+            return statistics.median(r["cpu_s"] / r["messages"] * 1e6 for r in runs)
+
+        def added(side: Side, scenario: str = "throughput") -> float | None:
+            with_, without = cpu(side, "abortable", scenario), cpu(side, "none", scenario)
+            return None if with_ is None or without is None else with_ - without
 
         def per_message(side: Side) -> float | None:
             results = runs_of(side, "abortable")
@@ -465,32 +502,21 @@ def rows_for(this: Side, old: Side, plan: Plan, scenarios: list[str]) -> list[Ro
                 r["messages"] for r in results
             )
 
-        n = str(sum(r["messages"] for r in runs_of(this, "none")))
+        n = str(len(runs_of(this, "none")))
         rows += [
+            Row("4 throughput", "no middleware: median", "msg/s", *both(rate, "none"), n),
+            Row("4 throughput", "with Abortable: median", "msg/s", *both(rate, "abortable"), n),
             Row(
                 "4 throughput",
-                "no middleware: best run",
-                "msg/s",
-                rate(this, "none"),
-                rate(old, "none"),
-                n,
-            ),
-            Row(
-                "4 throughput",
-                "with Abortable: best run",
-                "msg/s",
-                rate(this, "abortable"),
-                rate(old, "abortable"),
-                n,
-            ),
-            Row(
-                "4 throughput",
-                "with / without Abortable, best runs",
+                "with / without Abortable (medians)",
                 "x",
                 rate(this, "abortable") / rate(this, "none"),
                 rate(old, "abortable") / rate(old, "none"),
                 n,
             ),
+            Row("4 throughput", "worker CPU per message, without", "us", *both(cpu, "none"), n),
+            Row("4 throughput", "worker CPU per message, with", "us", *both(cpu, "abortable"), n),
+            Row("4 throughput", "CPU the middleware adds per message", "us", *both(added), n),
             Row(
                 "4 throughput",
                 "backend commands per message",
@@ -500,14 +526,31 @@ def rows_for(this: Side, old: Side, plan: Plan, scenarios: list[str]) -> list[Ro
                 n,
             ),
         ]
+
+    if "hooks" in scenarios:
+
+        def hooks_cpu(side: Side, variant: str) -> float | None:
+            runs = runs_of(side, variant, "hooks")
+            return statistics.median(r["cpu_s"] / r["messages"] * 1e6 for r in runs)
+
+        def hooks_added(side: Side) -> float | None:
+            with_, without = hooks_cpu(side, "abortable"), hooks_cpu(side, "none")
+            return None if with_ is None or without is None else with_ - without
+
+        n = str(len(runs_of(this, "none", "hooks")))
+        rows += [
+            Row("5 hooks", "CPU per message, without", "us", *both(hooks_cpu, "none"), n),
+            Row("5 hooks", "CPU per message, with", "us", *both(hooks_cpu, "abortable"), n),
+            Row("5 hooks", "the middleware's hooks alone", "us", *both(hooks_added), n),
+        ]
     return rows
 
 
-def runs_of(side: Side, variant: str) -> list[dict[str, Any]]:
-    """Every throughput run of ``variant`` (``"none"`` or ``"abortable"``) over the rounds."""
+def runs_of(side: Side, variant: str, scenario: str = "throughput") -> list[dict[str, Any]]:
+    """Every drain of ``variant`` (``"none"`` or ``"abortable"``) of ``scenario``, all rounds."""
     return [
         run
-        for result in side.results.get("throughput", [])
+        for result in side.results.get(scenario, [])
         for run in result["runs"]
         if run["variant"] == variant
     ]
@@ -610,6 +653,40 @@ def spread_text(side: Side) -> str:
     return ", ".join(parts) or "none"
 
 
+def plot_latencies(this: Side, old: Side, path: Path) -> str:
+    """Draw each phase's latency distribution, both versions, into ``path``; say what was done."""
+    if "latency" not in this.results:
+        return "no plot: the latency scenario did not run"
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "no plot: matplotlib is not installed (nox -s bench installs it)"
+    figure, axes = plt.subplots(1, len(PHASES), figsize=(4.2 * len(PHASES), 3.6), sharey=True)
+    for ax, (phase, label) in zip(axes, PHASES.items(), strict=True):
+        for side, style in ((this, "-"), (old, "--")):
+            values = sorted(v for v in latency_values(pooled(side, "latency", phase)))
+            finite = [v for v in values if math.isfinite(v)]
+            if not finite:
+                continue
+            shares = [(i + 1) / len(values) for i in range(len(finite))]
+            ax.step([max(v, 0.05) for v in finite], shares, style, where="post", label=side.label)
+        ax.set_xscale("log")
+        ax.set_title(f"abort {label}")
+        ax.set_xlabel("ms from abort() returning to Abort caught")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("share of aborts at most that late")
+    axes[0].legend(loc="lower right")
+    figure.suptitle(f"Abort latency of a CPU-bound actor: this project vs {OLD_VERSION}")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return f"latency distributions drawn into {path}"
+
+
 def print_notes(this: Side, old: Side, plan: Plan, urls: Urls, notes: list[str]) -> None:
     """Print what the table needs to be read right."""
     say()
@@ -625,10 +702,14 @@ def print_notes(this: Side, old: Side, plan: Plan, urls: Urls, notes: list[str])
         "in the actor.",
         f"3 cancel: {plan.queued} queued with no worker running, every other one cancelled "
         "(AbortMode.CANCEL), then drained; n: messages over all rounds.",
-        f"4 throughput: {plan.messages} no-op messages per run; backend commands: "
+        f"4 throughput: {plan.messages} no-op messages per drain, median over the drains; "
+        "worker CPU: the worker process's CPU time per message; backend commands: "
         "INFO commandstats of the event backend's Redis during the drain.",
-        "Drains (3, 4) show the best run: other load on the machine only slows a run "
-        "down; the notes below give the range.",
+        f"5 hooks: {plan.hooks_messages} no-op messages per drain on a StubBroker (no broker "
+        "round trips), one worker thread, in one process; the middleware's hooks alone: "
+        "the median CPU per message with it minus without it (its backend reads included).",
+        "3 cancel shows the best drain: other load on the machine only slows a run down; "
+        "the notes below give every run.",
         "Percentiles are nearest-rank over all rounds: p99 of fewer than 100 samples is the max.",
         f"Why {OLD_VERSION} looks so: its watcher thread sleeps 1 s while no message runs, "
         "else waits (BLPOP) up to 1 s on the keys of the messages running when the wait "
@@ -692,6 +773,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="where the two virtualenvs live (default: ~/.cache/dramatiq-abort-compare)",
     )
     parser.add_argument("--rebuild", action="store_true", help="rebuild both virtualenvs")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        metavar="PNG",
+        help="also draw the latency distributions of both versions into this PNG "
+        "(needs matplotlib)",
+    )
     parser.add_argument(
         "--this-python", type=Path, help="use this interpreter for this project instead"
     )
@@ -759,6 +847,8 @@ def main(argv: list[str] | None = None) -> int:
     say()
     rows = rows_for(this, old, plan, scenarios)
     print_table(rows)
+    if args.plot is not None:
+        notes.append(plot_latencies(this, old, args.plot))
     print_notes(this, old, plan, urls, notes)
     say(
         f"Done in {time.monotonic() - started:.0f} s; the runs deleted the "

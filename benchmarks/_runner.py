@@ -33,7 +33,8 @@ Linux).  Scenarios:
     drain no-op messages with and without the middleware; with
     ``--isolated`` (the event backend alone on its Redis server), count the
     commands it received from ``INFO commandstats``.  Each drain also
-    reports the worker process's CPU time.
+    reports the worker process's CPU time.  With ``work_ms``, the messages
+    keep the CPU busy that many milliseconds each instead of doing nothing.
 ``hooks``
     the cost of the middleware's hooks alone: drain no-op messages on a
     ``StubBroker`` (in memory, no broker round trips) with one worker
@@ -190,6 +191,7 @@ class Actors:
     graceful: dramatiq.Actor[[int, float], None]
     mark: dramatiq.Actor[[int, bool], None]
     noop: dramatiq.Actor[[], None]
+    busy: dramatiq.Actor[[float], None]
     #: Runs of ``mark``, by whether the message had been cancelled.
     marked: dict[bool, int]
 
@@ -229,7 +231,14 @@ def declare_actors(broker: dramatiq.Broker, report: Callable[[str, int], None]) 
     def noop() -> None:
         """Do nothing."""
 
-    return Actors(spin, graceful, mark, noop, marked)
+    @dramatiq.actor(broker=broker, actor_name="cmp_busy", max_retries=0)
+    def busy(ms: float) -> None:
+        """Keep the CPU busy for ``ms`` milliseconds."""
+        end = time.perf_counter() + ms / 1000
+        while time.perf_counter() < end:
+            pass
+
+    return Actors(spin, graceful, mark, noop, busy, marked)
 
 
 def build_broker(
@@ -471,8 +480,12 @@ def run_throughput(
         tuned = replace(settings, namespace=new_namespace(), abortable=variant == "abortable")
         NAMESPACES.append(tuned.namespace)
         with client_side(tuned) as actors, WorkerProcess(tuned) as worker:
+            work_ms = params.get("work_ms", 0)
             for _ in range(count):
-                actors.noop.send()
+                if work_ms:
+                    actors.busy.send(work_ms)
+                else:
+                    actors.noop.send()
             before = counts_of(backend_client)
             boot = worker.call("start")
             done = drained(worker, count)

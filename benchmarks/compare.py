@@ -24,6 +24,8 @@ the parent.  Scenarios:
    process's CPU time per message, medians over the drains; and the Redis
    commands the middleware sends per message (``INFO commandstats`` of a
    Redis server that holds only the event backend).
+   The same with messages that keep the CPU busy 1 ms each (1,000 per
+   drain), the ``busy`` scenario: what the middleware costs real work.
 5. **hooks**: the per-message cost of the middleware's hooks alone: the
    same alternation draining 20,000 no-op messages on a ``StubBroker``
    (in memory: no broker round trips) with one worker thread, in one
@@ -147,9 +149,13 @@ PLANS = {
 }
 #: No-op messages drained, uncounted, before each throughput run's measured drains.
 WARMUP_MESSAGES = 1000
-SCENARIOS = ("latency", "graceful", "cancel", "throughput", "hooks")
+SCENARIOS = ("latency", "graceful", "cancel", "throughput", "busy", "hooks")
 #: Scenarios whose runs are drains, with ``Plan.drain_rounds`` rounds.
-DRAINS = ("throughput", "hooks")
+DRAINS = ("throughput", "busy", "hooks")
+#: The runner's scenario behind each of these (``busy`` is a throughput drain).
+RUNNER_SCENARIO = {"busy": "throughput"}
+#: Milliseconds of CPU work per message in the ``busy`` drains, and their messages.
+BUSY_MS, BUSY_MESSAGES = 1.0, 1000
 
 
 def say(text: str = "") -> None:
@@ -298,6 +304,8 @@ def scenario_params(scenario: str, plan: Plan, round_: int) -> dict[str, Any]:
     variants = [none, with_, with_, none] if round_ % 2 == 0 else [with_, none, none, with_]
     if scenario == "hooks":
         return {"messages": plan.hooks_messages, "variants": variants, "warmup": 2000}
+    if scenario == "busy":
+        return {"messages": BUSY_MESSAGES, "variants": variants, "warmup": 200, "work_ms": BUSY_MS}
     return {"messages": plan.messages, "variants": variants, "warmup": WARMUP_MESSAGES}
 
 
@@ -311,7 +319,7 @@ def run_all(sides: list[Side], plan: Plan, urls: Urls, scenarios: list[str]) -> 
             params = scenario_params(scenario, plan, round_)
             for side in sides:
                 started = time.monotonic()
-                output = run_runner(side, scenario, params, urls)
+                output = run_runner(side, RUNNER_SCENARIO.get(scenario, scenario), params, urls)
                 result = output["result"]
                 side.results.setdefault(scenario, []).append(result)
                 side.deleted_keys += output["deleted_keys"]
@@ -527,6 +535,34 @@ def rows_for(this: Side, old: Side, plan: Plan, scenarios: list[str]) -> list[Ro
             ),
         ]
 
+    if "busy" in scenarios:
+
+        def busy_rate(side: Side, variant: str) -> float:
+            return statistics.median(
+                r["done"] / r["seconds"] for r in runs_of(side, variant, "busy")
+            )
+
+        def busy_added(side: Side) -> float:
+            def cpu(variant: str) -> float:
+                runs = runs_of(side, variant, "busy")
+                return statistics.median(r["cpu_s"] / r["messages"] * 1e6 for r in runs)
+
+            return cpu("abortable") - cpu("none")
+
+        n = str(len(runs_of(this, "none", "busy")))
+        label = f"{BUSY_MS:g} ms actor"
+        rows += [
+            Row(
+                "4 throughput",
+                f"{label}: with / without (medians)",
+                "x",
+                busy_rate(this, "abortable") / busy_rate(this, "none"),
+                busy_rate(old, "abortable") / busy_rate(old, "none"),
+                n,
+            ),
+            Row("4 throughput", f"{label}: CPU added per message", "us", *both(busy_added), n),
+        ]
+
     if "hooks" in scenarios:
 
         def hooks_cpu(side: Side, variant: str) -> float | None:
@@ -705,6 +741,8 @@ def print_notes(this: Side, old: Side, plan: Plan, urls: Urls, notes: list[str])
         f"4 throughput: {plan.messages} no-op messages per drain, median over the drains; "
         "worker CPU: the worker process's CPU time per message; backend commands: "
         "INFO commandstats of the event backend's Redis during the drain.",
+        f"4 throughput, {BUSY_MS:g} ms actor: {BUSY_MESSAGES} messages per drain that keep "
+        f"the CPU busy {BUSY_MS:g} ms each, otherwise as above.",
         f"5 hooks: {plan.hooks_messages} no-op messages per drain on a StubBroker (no broker "
         "round trips), one worker thread, in one process; the middleware's hooks alone: "
         "the median CPU per message with it minus without it (its backend reads included).",

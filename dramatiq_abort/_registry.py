@@ -233,8 +233,10 @@ class Registry:
                 entry.fired = True
             if entry.entered_at is not None:  # inline, no Python calls: see _switch
                 switch = self._switch
-                if not entry.delivered:  # an aborted message says nothing of how long it runs
-                    switch.last[entry.actor_name] = time.monotonic() - entry.entered_at
+                # An aborted message was cut short, and its actor is one whose
+                # aborts happen: count it as long.
+                elapsed = time.monotonic() - entry.entered_at
+                switch.last[entry.actor_name] = LONG_S if entry.delivered else elapsed
                 if entry.switching:
                     entry.switching = False
                     switch.running -= 1

@@ -10,9 +10,10 @@ while at least one message runs whose actor may run long, and restored
 as soon as none does.
 
 Whether an actor may run long is a guess from its last message in this
-process: one that ran at least ``LONG_S`` (or none yet) means yes.  An
-actor that usually finishes in a few milliseconds but runs long once is
-guessed wrong for that message, whose abort then waits up to one default
+process: one that ran at least ``LONG_S``, or was aborted (cut short, and
+of an actor whose aborts happen), or none yet, means yes.  An actor that
+usually finishes in a few milliseconds but runs long once is guessed
+wrong for that message, whose abort then waits up to one default
 interval longer.
 
 The registry updates it in ``_enter`` and ``_leave`` under its lock, with

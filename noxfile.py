@@ -66,7 +66,7 @@ def recipes(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Print the benchmark figures, and compare them with dramatiq-abort 1.2.1.
 
-    Without arguments every script in benchmarks/ runs with its defaults (about 8
+    Without arguments every script in benchmarks/ runs with its defaults (about 15
     minutes); ``nox -s bench -- compare --quick`` runs one script with the arguments
     after its name.  compare.py keeps its two virtualenvs (this project and 1.2.1)
     in nox's cache directory.

@@ -420,7 +420,7 @@ def scale_table(title: str, rows: list[Row]) -> str | None:
     )
     say(
         "  (Redis counts the commands a script runs: abort()'s one EVALSHA runs GET, PTTL,\n"
-        "  SET and PUBLISH; the other GET is the worker's check as the sample starts.\n"
+        "  SET and PUBLISH; the MGET is the worker's check as the sample starts.\n"
         "  So 2 round trips per sample: 1 for abort(), 1 for the message.)"
     )
     return None if flat else f"{title}: not flat"

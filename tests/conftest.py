@@ -285,13 +285,19 @@ def broker(request: pytest.FixtureRequest) -> dramatiq.Broker:
 
 @pytest.fixture
 def start_worker() -> Iterator[Callable[..., Worker]]:
-    """Start workers on demand; each is stopped at teardown."""
+    """Start workers on demand; each is stopped at teardown.
+
+    ``queue_prefetch`` sets how many messages each consumer may hold
+    (dramatiq's default: twice the threads).
+    """
     workers: list[Worker] = []
 
-    def start(broker: dramatiq.Broker, **options: Any) -> Worker:
+    def start(broker: dramatiq.Broker, queue_prefetch: int = 0, **options: Any) -> Worker:
         options.setdefault("worker_threads", 2)
         options.setdefault("worker_timeout", 50)
         worker = Worker(broker, **options)
+        if queue_prefetch:  # read as the worker adds its consumers, at start
+            worker.queue_prefetch = queue_prefetch
         worker.start()
         workers.append(worker)
         return worker

@@ -26,6 +26,8 @@ from dramatiq_abort._request import AbortRequest
 
 redis = pytest.importorskip("redis")
 
+StartWorker = Callable[..., Worker]
+
 NAMESPACE = "lookahead-test:"
 
 
@@ -91,41 +93,35 @@ def _queued(worker: Worker, count: int) -> None:
         time.sleep(0.005)
 
 
-@pytest.fixture
-def start_one() -> Iterator[Callable[[StubBroker], Worker]]:
-    """Start a one-thread worker with room for fifty messages in its work queue."""
-    workers: list[Worker] = []
-
-    def start(broker: StubBroker) -> Worker:
-        worker = Worker(broker, worker_threads=1, worker_timeout=50)
-        worker.queue_prefetch = 50  # read as the worker adds its consumers, at start
-        worker.start()
-        workers.append(worker)
-        return worker
-
-    yield start
-    for worker in workers:
-        worker.stop()
-
-
-def test_prefetched_messages_are_checked_in_one_round_trip(
-    setup: Any, start_one: Callable[[StubBroker], Worker]
-) -> None:
-    """Twenty messages waiting behind a busy thread cost one round trip, not twenty."""
-    broker, client, gates, outcomes, mark = setup
-    worker = start_one(broker)
+def _behind_a_gate(
+    broker: StubBroker, gates: Gates, mark: Any, start_worker: StartWorker, names: list[str]
+) -> tuple[Worker, list[Any]]:
+    """Hold a one-thread worker at gate "first"; queue gate "second", then a mark per name."""
+    worker = start_worker(broker, worker_threads=1, queue_prefetch=50)
     gate = broker.get_actor("gate")
     gate.send("first")
     gates.gate("first")[0].wait(WAIT)
     gate.send("second")
-    names = [f"m{i}" for i in range(20)]
-    for name in names:
-        mark.send(name)
-    _queued(worker, 21)
-    before = _calls(client)
-    gates.gate("first")[1].set()  # "second" starts, reading ahead for all twenty
-    outcomes.wait(1)
+    messages = [mark.send(name) for name in names]
+    _queued(worker, len(names) + 1)
+    return worker, messages
+
+
+def _open_first(gates: Gates) -> None:
+    """Let "first" end: "second" starts and reads ahead for the marks behind it."""
+    gates.gate("first")[1].set()
     gates.gate("second")[0].wait(WAIT)
+
+
+def test_prefetched_messages_are_checked_in_one_round_trip(
+    setup: Any, start_worker: StartWorker
+) -> None:
+    """Twenty messages waiting behind a busy thread cost one round trip, not twenty."""
+    broker, client, gates, outcomes, mark = setup
+    names = [f"m{i}" for i in range(20)]
+    _behind_a_gate(broker, gates, mark, start_worker, names)
+    before = _calls(client)
+    _open_first(gates)
     gates.gate("second")[1].set()
     outcomes.wait(22)
     after = _calls(client)
@@ -137,19 +133,12 @@ def test_prefetched_messages_are_checked_in_one_round_trip(
 
 
 def test_a_request_announced_while_a_message_waits_skips_it(
-    setup: Any, start_one: Callable[[StubBroker], Worker], log_watch: LogWatch
+    setup: Any, start_worker: StartWorker, log_watch: LogWatch
 ) -> None:
     """A cancel and an abort for messages already read ahead reach their notes: both skip."""
     broker, client, gates, outcomes, mark = setup
-    worker = start_one(broker)
-    gate = broker.get_actor("gate")
-    gate.send("first")
-    gates.gate("first")[0].wait(WAIT)
-    gate.send("second")
-    messages = [mark.send(f"m{i}") for i in range(10)]
-    _queued(worker, 11)
-    gates.gate("first")[1].set()
-    gates.gate("second")[0].wait(WAIT)  # its check read the ten marks ahead
+    _, messages = _behind_a_gate(broker, gates, mark, start_worker, [f"m{i}" for i in range(10)])
+    _open_first(gates)
     before = _calls(client)
     abort(messages[3].message_id, mode=AbortMode.CANCEL)
     abort(messages[7].message_id)
@@ -165,19 +154,12 @@ def test_a_request_announced_while_a_message_waits_skips_it(
 
 
 def test_notes_from_a_lost_subscription_are_not_trusted(
-    setup: Any, start_one: Callable[[StubBroker], Worker], log_watch: LogWatch
+    setup: Any, start_worker: StartWorker, log_watch: LogWatch
 ) -> None:
     """A request stored while the subscription was down (never announced) still skips."""
     broker, client, gates, outcomes, mark = setup
-    worker = start_one(broker)
-    gate = broker.get_actor("gate")
-    gate.send("first")
-    gates.gate("first")[0].wait(WAIT)
-    gate.send("second")
-    messages = [mark.send(f"m{i}") for i in range(5)]
-    _queued(worker, 6)
-    gates.gate("first")[1].set()
-    gates.gate("second")[0].wait(WAIT)  # the marks are noted: "no request"
+    _, messages = _behind_a_gate(broker, gates, mark, start_worker, [f"m{i}" for i in range(5)])
+    _open_first(gates)  # the marks are noted: "no request"
     client.client_kill_filter(_type="pubsub")
     log_watch.wait_for("reachable again")
     # Stored as abort() stores it, but not announced: only a fresh read finds it.
@@ -190,11 +172,11 @@ def test_notes_from_a_lost_subscription_are_not_trusted(
 
 
 def test_a_busy_worker_pings_its_silent_subscription_and_an_idle_one_does_not(
-    setup: Any, start_one: Callable[[StubBroker], Worker]
+    setup: Any, start_worker: StartWorker
 ) -> None:
     """PINGs go out while messages flow (about one a second), none while the worker idles."""
     broker, client, _gates, outcomes, mark = setup
-    start_one(broker)
+    start_worker(broker, worker_threads=1, queue_prefetch=50)
     idle_from = _calls(client).get("ping", 0)
     time.sleep(3.0)  # the span under test: an idle worker
     assert _calls(client).get("ping", 0) == idle_from
@@ -266,7 +248,7 @@ def test_a_subscription_redis_py_remade_is_reported_not_hidden(redis_server: Red
 
 
 def test_a_worker_pings_its_silent_subscription_while_a_long_message_runs(
-    setup: Any, start_one: Callable[[StubBroker], Worker]
+    setup: Any, start_worker: StartWorker
 ) -> None:
     """A long message needs a live subscription for its abort: a silent one is pinged (5 s).
 
@@ -274,7 +256,7 @@ def test_a_worker_pings_its_silent_subscription_while_a_long_message_runs(
     silence); a PING after 3 s comes from the running message alone.
     """
     broker, client, gates, outcomes, _mark = setup
-    start_one(broker)
+    start_worker(broker, worker_threads=1, queue_prefetch=50)
     gate = broker.get_actor("gate")
     gate.send("long")
     started, opened = gates.gate("long")

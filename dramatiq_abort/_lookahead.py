@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from ._request import AbortMode, AbortRequest
@@ -40,9 +40,10 @@ _BATCH = 500
 class _Note:
     """What is known of a waiting message: no request, or the one seen."""
 
-    __slots__ = ("generation", "read", "request")
+    __slots__ = ("generation", "message_id", "read", "request")
 
-    def __init__(self, generation: int) -> None:
+    def __init__(self, message_id: str, generation: int) -> None:
+        self.message_id = message_id
         self.generation = generation
         #: Whether the backend's answer is in; until then the note says nothing.
         self.read = False
@@ -104,43 +105,57 @@ class Lookahead:
             items = list(queue.queue)
         return [message for item in items if (message := getattr(item, "message", None))]
 
-    def reserve(self, message_ids: Iterable[str], generation: int) -> list[str]:
+    def reserve(
+        self, message_ids: Iterable[str], generation: int, waiting: Collection[str] = ()
+    ) -> list[_Note]:
         """Note each of ``message_ids`` not noted in ``generation`` yet, up to the batch size.
 
+        Args:
+            message_ids: The messages to read ahead.
+            generation: The watcher's live generation.
+            waiting: Every message in the work queue now: when the notes
+                reach their limit, the notes of other messages are dropped
+                (they left the queue without a take here: skipped by an
+                earlier middleware, started while the backend was down),
+                but never one whose read is still on its way.
+
         Returns:
-            The ids noted now, which the caller must read from the backend.
+            The notes made now; the caller reads their messages from the
+            backend, then calls :meth:`complete` (or :meth:`drop`) with them.
 
         """
         wanted = list(message_ids)
         with self._lock:
             if len(self._notes) + len(wanted) > self._limit:
-                # Notes of messages that left the queue without starting here
-                # (a worker that stopped, a consumer that restarted).
-                keep = set(wanted)
-                self._notes = {k: v for k, v in self._notes.items() if k in keep}
-            reserved: list[str] = []
+                keep = set(waiting).union(wanted)
+                self._notes = {k: v for k, v in self._notes.items() if k in keep or not v.read}
+            reserved: list[_Note] = []
             for message_id in wanted:
                 if len(reserved) >= self.batch or len(self._notes) >= self._limit:
                     break
                 note = self._notes.get(message_id)
                 if note is None or note.generation != generation:
-                    self._notes[message_id] = _Note(generation)
-                    reserved.append(message_id)
+                    note = self._notes[message_id] = _Note(message_id, generation)
+                    reserved.append(note)
         return reserved
 
-    def complete(self, message_ids: Iterable[str], generation: int) -> None:
-        """Mark these notes read: the backend answered (their requests were offered first)."""
+    def complete(self, notes: Iterable[_Note]) -> None:
+        """Mark these notes read: the backend answered (their requests were offered first).
+
+        Only a note still held counts: one replaced since (by a later
+        reservation) waits for its own read.
+        """
         with self._lock:
-            for message_id in message_ids:
-                note = self._notes.get(message_id)
-                if note is not None and note.generation == generation:
+            for note in notes:
+                if self._notes.get(note.message_id) is note:
                     note.read = True
 
-    def drop(self, message_ids: Iterable[str]) -> None:
-        """Forget these notes (their read failed)."""
+    def drop(self, notes: Iterable[_Note]) -> None:
+        """Forget these notes (their read failed), unless replaced since."""
         with self._lock:
-            for message_id in message_ids:
-                self._notes.pop(message_id, None)
+            for note in notes:
+                if self._notes.get(note.message_id) is note:
+                    del self._notes[note.message_id]
 
     def noted(self, message_id: str, generation: int | None = None) -> bool:
         """Whether a note on ``message_id`` is held, of ``generation`` if given (no lock taken)."""

@@ -155,6 +155,12 @@ class Registry:
     def unregister(self, entry: _Running) -> None:
         """Forget a message whose processing is over."""
         with self._lock:
+            if entry.switching:  # _leave was cut short by another exception
+                entry.switching = False
+                switch = self._switch
+                switch.running -= 1
+                if not switch.running:
+                    switch.restore()
             entry.state = LEFT
             if self._by_id.get(entry.message_id) is entry:
                 del self._by_id[entry.message_id]
@@ -226,23 +232,31 @@ class Registry:
                 return
             entry.state = LEFT
             entry.wake = None
+            # The switch interval's count first, in attribute writes only: another
+            # thread's exception (a time limit, a shutdown) can still fire after
+            # any C call below; unregister() undoes a count left behind.
+            switch = self._switch
+            restore = None
+            if entry.switching:
+                entry.switching = False
+                switch.running -= 1
+                if not switch.running:
+                    restore = switch.saved
             if entry.delivered and not entry.fired and not entry.is_async:
                 # A direct C call: calling a Python function here would let the
                 # pending exception fire at its first line instead.
                 _interrupt.clear_async_exc(entry.thread_id, _interrupt.NULL)
                 entry.fired = True
             if entry.entered_at is not None:  # inline, no Python calls: see _switch
-                switch = self._switch
                 # An aborted message was cut short, and its actor is one whose
                 # aborts happen: count it as long.
                 elapsed = time.monotonic() - entry.entered_at
                 switch.last[entry.actor_name] = LONG_S if entry.delivered else elapsed
-                if entry.switching:
-                    entry.switching = False
-                    switch.running -= 1
-                    if not switch.running and switch.saved is not None:
-                        sys.setswitchinterval(switch.saved)
-                        switch.saved = None
+            if restore is not None:
+                # Cleared only once restored: if that is cut short, the next
+                # message to leave restores it (see SwitchInterval).
+                sys.setswitchinterval(restore)
+                switch.saved = None
 
     def guard(self, fn: Callable[..., _R]) -> Callable[..., _R]:
         """Wrap an actor function so ``Abort`` can only land while it runs."""
@@ -447,7 +461,11 @@ class _Guarded(Generic[_R]):
             # but an Abort raised in the last instant can still fire here, even
             # at the first instruction of _leave; it came after the actor's code
             # had finished, so it is dropped and _leave is retried.
+            # Another exception raised into this thread (dramatiq's time limit,
+            # its shutdown notification) may fire there too: _leave is retried
+            # and that exception raised once it is done.
             late = None
+            other: BaseException | None = None
             while level:
                 try:
                     registry._leave(entry, level)
@@ -455,8 +473,14 @@ class _Guarded(Generic[_R]):
                 except Abort as exc:
                     entry.fired = True
                     late = exc
+                except BaseException as exc:
+                    if other is not None:
+                        raise  # _leave itself keeps failing: don't spin
+                    other = exc
             if token is not None:
                 _CURRENT_ENTRY.reset(token)
+            if other is not None:
+                raise other
             if late is not None and level > 1:
                 raise late  # a nested call: the calling actor code is still running
 

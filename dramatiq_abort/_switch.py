@@ -70,7 +70,12 @@ class SwitchInterval:
             sys.setswitchinterval(wanted)
 
     def restore(self) -> None:
-        """Put the interpreter's interval back if it was lowered."""
+        """Put the interpreter's interval back if it was lowered.
+
+        ``saved`` is cleared only once the interval is back, so if this is
+        cut short by an exception raised into the thread, a later call
+        still restores it.
+        """
         if self.saved is not None:
             sys.setswitchinterval(self.saved)
             self.saved = None

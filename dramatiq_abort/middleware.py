@@ -216,24 +216,27 @@ class Abortable(Middleware):
 
     def _check_backend(self, entry: _Running, broker: Broker) -> bool:
         """Look for a request for the entry's message; ``False`` if the backend failed."""
-        noted: list[str] = []
-        generation: int | None = None
+        noted: list[Any] = []
         try:
             if self._read_ahead:
-                generation = self._watcher.live_generation()
+                watcher = self._watcher
+                generation = watcher.live_generation()
                 self._lookahead.want()
                 if generation is not None:
                     # Settled first: an announcement that reached this process
-                    # before now is then in the note (see Watcher.settled).
-                    settled = self._watcher.settled()
+                    # before now is then in the note (see Watcher.settled); and
+                    # the generation again, since the subscription may have
+                    # been lost (or lost and remade) meanwhile.
+                    settled = watcher.settled()
                     hit, request = self._lookahead.take(entry.message_id, generation)
-                    if hit and settled:
+                    if hit and settled and watcher.generation == generation:
                         if request is not None:
                             self._registry.request(request, live=False)
                         return True
-                    waiting = self._waiting(broker, entry.message_id, generation)
-                    noted = self._lookahead.reserve(waiting, generation)
-                events = self.backend.poll_many([key_for(i) for i in (entry.message_id, *noted)])
+                    waiting, new = self._waiting(broker, entry.message_id, generation)
+                    noted = self._lookahead.reserve(new, generation, waiting)
+                keys = [key_for(entry.message_id), *(key_for(n.message_id) for n in noted)]
+                events = self.backend.poll_many(keys)
             else:
                 event = self.backend.poll(key_for(entry.message_id))
                 events = [] if event is None else [event]
@@ -257,21 +260,21 @@ class Abortable(Middleware):
                 self._registry.request(request, live=False)
             else:
                 self._lookahead.offer(request)
-        if noted and generation is not None:
-            self._lookahead.complete(noted, generation)
+        if noted:
+            self._lookahead.complete(noted)
         return True
 
-    def _waiting(self, broker: Broker, current: str, generation: int) -> list[str]:
-        """Ids of the abortable messages waiting in the work queue without a note yet."""
+    def _waiting(self, broker: Broker, current: str, generation: int) -> tuple[set[str], list[str]]:
+        """Ids of every message waiting in the work queue, and of the abortable ones to read."""
+        waiting: set[str] = set()
         ids = []
         lookahead = self._lookahead
         for message in lookahead.waiting():
             message_id = message.message_id
-            if (
-                message_id == current
-                or not isinstance(message_id, str)
-                or lookahead.noted(message_id, generation)
-            ):
+            if message_id == current or not isinstance(message_id, str):
+                continue
+            waiting.add(message_id)
+            if lookahead.noted(message_id, generation):
                 continue
             try:
                 actor = broker.get_actor(message.actor_name)
@@ -279,7 +282,7 @@ class Abortable(Middleware):
                 continue
             if self._is_abortable(actor, message):
                 ids.append(message_id)
-        return ids
+        return waiting, ids
 
     def after_process_message(
         self,

@@ -5,8 +5,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import dramatiq
+import pytest
 from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
 
@@ -279,3 +281,47 @@ def test_a_plain_1x_backend_still_aborts(
     release.set()
     join(stub_broker, hold.queue_name, worker)
     assert outcome == {"a": "released", "b": "aborted"}
+
+
+def test_an_exception_raised_into_the_guard_exit_leaves_nothing_behind() -> None:
+    """A time limit or shutdown landing as the actor's code ends: the entry still leaves.
+
+    ``sys.settrace`` raises the exception at the first instruction of the
+    registry's ``_leave``, where an asynchronous exception can land; the
+    guard retries it, then lets the exception through, and the lowered
+    switch interval comes back.
+    """
+    import sys
+
+    from dramatiq_abort._registry import LEFT, Registry, _Guarded
+
+    class Foreign(Exception):
+        """Stands for dramatiq's TimeLimitExceeded or Shutdown."""
+
+    before = sys.getswitchinterval()
+    registry = Registry()
+    registry.want_switch_interval(before / 5)
+    entry = registry.register("m1", actor_name="job")
+    registry.start(entry)
+    raised: list[bool] = []
+
+    def tracer(frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code is Registry._leave.__code__ and not raised:
+            raised.append(True)
+            raise Foreign
+
+    seen: list[float] = []
+    guarded = _Guarded(lambda: seen.append(sys.getswitchinterval()), registry)
+    try:
+        sys.settrace(tracer)
+        try:
+            with pytest.raises(Foreign):
+                guarded()
+        finally:
+            sys.settrace(None)
+        assert raised == [True]
+        assert seen == [before / 5]
+        assert entry.state == LEFT
+        assert sys.getswitchinterval() == before, "the lowered interval was left behind"
+    finally:
+        registry.release_switch_interval()

@@ -20,7 +20,7 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.worker import Worker
 
 from conftest import WAIT, LogWatch, Outcomes, RedisServer
-from dramatiq_abort import Abortable, AbortMode, abort, backends
+from dramatiq_abort import Abortable, AbortMode, backends
 from dramatiq_abort._lookahead import Lookahead
 from dramatiq_abort._request import AbortRequest
 
@@ -126,31 +126,36 @@ def test_prefetched_messages_are_checked_in_one_round_trip(
     outcomes.wait(22)
     after = _calls(client)
     assert gates.ran == names
-    # One EXISTS for the twenty (none has a request, so no MGET follows).
+    # One EXISTS for the twenty (none has a request, so no MGET follows).  A
+    # message may still read itself alone (one key, an MGET) if it starts
+    # while the watcher handles the reply to a keep-alive PING.
     assert after.get("exists", 0) - before.get("exists", 0) == 1
-    assert after.get("mget", 0) == before.get("mget", 0)
+    assert after.get("mget", 0) - before.get("mget", 0) <= 2
     assert after.get("get", 0) == before.get("get", 0) == 0
 
 
 def test_a_request_announced_while_a_message_waits_skips_it(
     setup: Any, start_worker: StartWorker, log_watch: LogWatch
 ) -> None:
-    """A cancel and an abort for messages already read ahead reach their notes: both skip."""
+    """A cancel and an abort announced for messages already read ahead reach their notes.
+
+    The requests are announced only, never stored, so a fresh read would
+    find nothing: the two messages skip because their notes say so.
+    """
     broker, client, gates, outcomes, mark = setup
     _, messages = _behind_a_gate(broker, gates, mark, start_worker, [f"m{i}" for i in range(10)])
     _open_first(gates)
-    before = _calls(client)
-    abort(messages[3].message_id, mode=AbortMode.CANCEL)
-    abort(messages[7].message_id)
+    batch = [
+        AbortRequest.create(messages[3].message_id, AbortMode.CANCEL, 0).to_event(),
+        AbortRequest.create(messages[7].message_id, AbortMode.ABORT, 0).to_event(),
+    ]
+    client.publish(NAMESPACE + "events", json.dumps([[e.key, e.params] for e in batch]))
     log_watch.wait_for("waiting in the work queue", count=2)
     gates.gate("second")[1].set()
     outcomes.wait(12)
-    after = _calls(client)
     assert outcomes.by_id[messages[3].message_id] == ["skipped"]
     assert outcomes.by_id[messages[7].message_id] == ["skipped"]
     assert gates.ran == [f"m{i}" for i in range(10) if i not in (3, 7)]
-    reads = ("exists", "mget")  # abort()'s own script runs GET
-    assert all(after.get(c, 0) == before.get(c, 0) for c in reads), "the marks were read again"
 
 
 def test_notes_from_a_lost_subscription_are_not_trusted(
@@ -191,19 +196,43 @@ def test_a_busy_worker_pings_its_silent_subscription_and_an_idle_one_does_not(
     assert 1 <= pings <= 4, f"{pings} pings in 3 s of traffic"
 
 
+def _ids(notes: list[Any]) -> list[str]:
+    return [note.message_id for note in notes]
+
+
 def test_a_note_counts_only_once_its_read_is_back() -> None:
     """A note reserved but not yet read says nothing; once complete it says what was found."""
     lookahead = Lookahead()
-    assert lookahead.reserve(["a", "b"], 2) == ["a", "b"]
+    notes = lookahead.reserve(["a", "b"], 2)
+    assert _ids(notes) == ["a", "b"]
     assert lookahead.take("a", 2) == (False, None), "read still on its way"
     request = AbortRequest.create("b", AbortMode.CANCEL, 0)
     lookahead.offer(request)  # announced while the read is on its way
-    lookahead.complete(["b"], 2)
+    lookahead.complete(notes)
     assert lookahead.take("b", 2) == (True, request)
-    assert lookahead.reserve(["c"], 2) == ["c"]
-    lookahead.complete(["c"], 2)
+    lookahead.complete(lookahead.reserve(["c"], 2))
     assert lookahead.take("c", 4) == (False, None), "a note from another generation"
     assert len(lookahead) == 0
+
+
+def test_a_late_read_does_not_complete_a_newer_note() -> None:
+    """A read answered after its note was replaced leaves the new note unread.
+
+    With the notes at their limit, a reservation drops the notes of messages
+    no longer waiting, but never one whose read is on its way; and a read
+    completes only the very note it was made for.
+    """
+    lookahead = Lookahead(limit=3)
+    first = lookahead.reserve(["x"], 2)  # its read is on its way: "no request"
+    lookahead.complete(lookahead.reserve(["a", "b"], 2))  # then a and b leave the queue
+    lookahead.reserve(["c"], 2, waiting={"c"})  # over the limit: a and b go, x stays
+    assert lookahead.noted("x", 2) and not lookahead.noted("a")
+    lookahead.drop(first)  # x's read failed
+    second = lookahead.reserve(["x"], 2)  # read again, on its way
+    lookahead.complete(first)  # a stale answer for the dropped note
+    assert lookahead.take("x", 2) == (False, None), "the stale read completed the new note"
+    lookahead.complete(second)
+    assert lookahead.noted("x") is False  # taken above: the second read finds no note
 
 
 def test_the_subscription_tells_what_waits_unread(redis_server: RedisServer) -> None:

@@ -348,6 +348,36 @@ class Registry:
         entry.delivered = _interrupt.raise_in_thread(entry.thread_id, Abort)
         return DELIVERED if entry.delivered else NOTHING
 
+    def swallowed(self) -> _Running | None:
+        """An ``Abort`` raised in this thread was swallowed; return the entry to raise it again.
+
+        CPython ignores an exception raised inside a ``__del__`` method or a
+        weakref callback (it reports it to ``sys.unraisablehook``), and the
+        garbage collector runs those in whatever thread it happens to run
+        in, so an ``Abort`` delivered at that instant would be lost.  The
+        entry counts as not delivered again, due in 2 ms, for the caller to
+        schedule: not at once, so it does not land in the hook's own code.
+        The lock is only waited for briefly: the collector may have run
+        while this very thread held it.
+        """
+        if not self._lock.acquire(timeout=0.05):
+            return None
+        try:
+            entry = self._by_thread.get(threading.get_ident())
+            if (
+                entry is None
+                or entry.state != ENTERED
+                or entry.is_async
+                or not entry.delivered
+                or entry.fired
+            ):
+                return None
+            entry.delivered = False
+            entry.deadline = time.monotonic() + 0.002
+            return entry
+        finally:
+            self._lock.release()
+
     def attach_waker(self, entry: _Running, wake: Callable[[], None]) -> bool:
         """Let deliveries call ``wake``; ``True`` if ``Abort`` was already delivered."""
         with self._lock:

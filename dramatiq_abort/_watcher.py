@@ -24,7 +24,7 @@ import time
 from dramatiq.logging import get_logger
 
 from ._lookahead import Lookahead
-from ._registry import ENTERED, STARTED, DeadlineTimer, Registry
+from ._registry import ENTERED, STARTED, DeadlineTimer, Registry, _Running
 from ._request import KEY_PREFIX, AbortMode, AbortRequest, key_for
 from .events import Event, EventBackend, Subscription
 
@@ -104,6 +104,10 @@ class Watcher:
             if thread is not None and thread is not threading.current_thread():
                 thread.join(timeout)
             self._timer.stop(timeout)
+
+    def redeliver(self, entry: _Running) -> None:
+        """Deliver ``entry``'s abort again at its deadline (see ``Registry.swallowed``)."""
+        self._timer.schedule(entry)
 
     def live_generation(self) -> int | None:
         """The generation look-ahead notes may be trusted in now, or ``None``.

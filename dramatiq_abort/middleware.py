@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -146,13 +147,23 @@ class Abortable(Middleware):
     def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
         """Stop the watcher once the worker's threads have finished."""
         self._lookahead.detach()
+        if self in _RUNNING:
+            _RUNNING.remove(self)
         self._watcher.stop()
         self._registry.release_switch_interval()
 
     def _start(self) -> None:
         self._watcher.start()
+        if self not in _RUNNING:
+            _RUNNING.append(self)
+        _catch_swallowed_aborts()
         if self.switch_interval_ms is not None:
             self._registry.want_switch_interval(self.switch_interval_ms / 1000)
+
+    def _abort_swallowed(self) -> None:
+        entry = self._registry.swallowed()
+        if entry is not None:
+            self._watcher.redeliver(entry)
 
     # -- actors --------------------------------------------------------------
 
@@ -345,3 +356,31 @@ class Abortable(Middleware):
         else:
             entry = self._registry.get(check_message_id(message_id))
         return None if entry is None else self._registry.remaining_ms(entry)
+
+
+#: The middlewares whose watchers run in this process, latest started last.
+_RUNNING: list[Abortable] = []
+
+
+def _catch_swallowed_aborts() -> None:
+    """Chain a ``sys.unraisablehook`` that has an ``Abort`` ignored by CPython raised again.
+
+    Installed once per process; it asks the latest started middleware whose
+    watcher still runs to deliver it again.  Any other unraisable
+    exception goes on to the hook that was there before.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "_dramatiq_abort", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, Abort) and _RUNNING:
+            try:
+                _RUNNING[-1]._abort_swallowed()
+                return
+            except Exception:  # never let the hook itself fail; report as before
+                pass
+        previous(unraisable)
+
+    hook._dramatiq_abort = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook

@@ -325,3 +325,51 @@ def test_an_exception_raised_into_the_guard_exit_leaves_nothing_behind() -> None
         assert sys.getswitchinterval() == before, "the lowered interval was left behind"
     finally:
         registry.release_switch_interval()
+
+
+def test_an_abort_swallowed_by_a_finalizer_is_raised_again(
+    stub_broker: StubBroker, start_worker: StartWorker
+) -> None:
+    """CPython ignores an exception raised in ``__del__``; an Abort landing there comes again.
+
+    The abort is sent while the actor's thread runs a finalizer that takes
+    up to 5 s, so it lands there and CPython swallows it; the actor then
+    loops in plain code, where the second delivery lands.
+    """
+    outcomes: list[str] = []
+    in_finalizer = threading.Event()
+    swallowed = threading.Event()
+
+    class Slow:
+        """Takes up to 5 s to finalize; an exception ends it sooner."""
+
+        def __del__(self) -> None:
+            in_finalizer.set()
+            try:
+                for _ in range(5000):
+                    time.sleep(0.001)
+            except BaseException:
+                swallowed.set()
+                raise
+
+    @dramatiq.actor(broker=stub_broker, max_retries=0)
+    def finalizing() -> None:
+        """Drop one Slow object, then loop for 20 s, unless aborted."""
+        Slow()
+        end = time.monotonic() + 20
+        try:
+            while time.monotonic() < end:
+                time.sleep(0.001)
+        except Abort:
+            outcomes.append("aborted")
+            raise
+        outcomes.append("ran to its end")
+
+    stub_broker.add_middleware(Abortable(backend=backends.StubBackend()))
+    worker = start_worker(stub_broker, worker_threads=1)
+    message = finalizing.send()
+    assert in_finalizer.wait(10)
+    abort(message.message_id)
+    join(stub_broker, finalizing.queue_name, worker)
+    assert swallowed.is_set(), "the abort did not land in the finalizer"
+    assert outcomes == ["aborted"]

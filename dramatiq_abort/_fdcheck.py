@@ -35,6 +35,13 @@ _POLL = _libc_poll()
 _EVENTS = select.POLLIN | select.POLLPRI
 
 
+def wait_readable(fd: int, timeout: float) -> bool:
+    """Wait at most ``timeout`` seconds for ``fd`` to have something to read (GIL released)."""
+    poller = select.poll()
+    poller.register(fd, _EVENTS)
+    return bool(poller.poll(max(0, int(timeout * 1000))))
+
+
 def readable_check(fd: int) -> Callable[[], bool]:
     """Return a function that tells, without waiting, whether ``fd`` has something to read.
 
@@ -42,13 +49,7 @@ def readable_check(fd: int) -> Callable[[], bool]:
     read tells what happened).  Safe to call from several threads at once.
     """
     if _POLL is None:
-
-        def readable() -> bool:
-            poller = select.poll()
-            poller.register(fd, _EVENTS)
-            return bool(poller.poll(0))
-
-        return readable
+        return lambda: wait_readable(fd, 0)
 
     poll = _POLL
     entry = _PollFd(fd, _EVENTS, 0)

@@ -81,7 +81,12 @@ class _Running:
     )
 
     def __init__(
-        self, message_id: str, thread_id: int, default_grace_ms: int = 0, cleanup_s: float = 5.0
+        self,
+        message_id: str,
+        thread_id: int,
+        default_grace_ms: int = 0,
+        cleanup_s: float = 5.0,
+        actor_name: str = "",
     ) -> None:
         self.message_id = message_id
         self.thread_id = thread_id
@@ -100,7 +105,7 @@ class _Running:
         self.is_async = False  # an async def actor: Abort goes into its coroutine, not the thread
         self.wake: Callable[[], None] | None = None  # schedules that, once the coroutine runs
         self.cleanup_s = cleanup_s  # how long an aborted coroutine may clean up before cancel
-        self.actor_name = ""  # for the switch interval's guess of how long it runs
+        self.actor_name = actor_name  # for the switch interval's guess of how long it runs
         self.entered_at: float | None = None  # time.monotonic() when its code began
         self.switching = False  # counted in SwitchInterval.running while its code runs
 
@@ -137,8 +142,7 @@ class Registry:
         actor_name: str = "",
     ) -> _Running:
         """Register the message the calling thread is about to process."""
-        entry = _Running(message_id, threading.get_ident(), default_grace_ms, cleanup_s)
-        entry.actor_name = actor_name
+        entry = _Running(message_id, threading.get_ident(), default_grace_ms, cleanup_s, actor_name)
         with self._lock:
             self._by_id[message_id] = entry
             self._by_thread[entry.thread_id] = entry

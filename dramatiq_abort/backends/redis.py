@@ -17,7 +17,6 @@ import inspect
 import json
 import logging
 import re
-import select
 import ssl
 import time
 from collections.abc import Callable, Iterable
@@ -25,7 +24,7 @@ from typing import Any
 
 import redis
 
-from .._fdcheck import readable_check
+from .._fdcheck import readable_check, wait_readable
 from .._merge import MERGE_LUA
 from ..events import Event, EventBackend, Subscription
 from ._checks import check_events, check_key, check_keys, check_timeout, check_ttl, encodable
@@ -43,7 +42,7 @@ _DRAIN_REPLIES = 100
 #: From this many keys on, ``poll_many`` asks ``EXISTS`` first: requests are rare,
 #: and parsing one integer costs far less than parsing a nil per key.
 _EXISTS_FIRST = 8
-#: Most keys in one MGET; more go in several, pipelined.
+#: Most keys in one MGET or EXISTS; more go in several, pipelined.
 _MGET_KEYS = 1000
 #: Client options :meth:`RedisBackend.from_url` sets unless the caller does.
 _URL_DEFAULTS: dict[str, Any] = {
@@ -196,9 +195,7 @@ class _RedisSubscription:
         sock = getattr(self._connection, "_sock", None)
         if sock is None:
             return True  # disconnected: the next read reconnects and fails
-        poller = select.poll()
-        poller.register(sock, select.POLLIN | select.POLLPRI)
-        return bool(poller.poll(max(0, int(timeout * 1000))))
+        return wait_readable(sock.fileno(), timeout)
 
     def ping(self) -> None:
         """Send a PING; a later read takes its reply."""
@@ -380,33 +377,32 @@ class RedisBackend(EventBackend):
         wanted = [key for key in check_keys(keys) if encodable(key)]
         if not wanted:
             return []
-        if len(wanted) >= _EXISTS_FIRST and not self._any_exists(wanted):
+        names = [self._key(key) for key in wanted]
+        if len(names) >= _EXISTS_FIRST and not any(self._per_chunk("exists", names)):
             return []
-        chunks = [wanted[i : i + _MGET_KEYS] for i in range(0, len(wanted), _MGET_KEYS)]
-        if len(chunks) == 1:
-            replies = [self.client.mget([self._key(key) for key in wanted])]
-        else:
-            pipe = self.client.pipeline(transaction=False)
-            for chunk in chunks:
-                pipe.mget([self._key(key) for key in chunk])
-            replies = pipe.execute()
         found = []
-        for key, raw in zip(wanted, (raw for reply in replies for raw in reply), strict=True):
+        replies = (raw for reply in self._per_chunk("mget", names) for raw in reply)
+        for key, raw in zip(wanted, replies, strict=True):
             if raw is not None:
                 event = _decode_params(key, raw)
                 if event is not None:
                     found.append(event)
         return found
 
-    def _any_exists(self, keys: list[str]) -> bool:
-        """Whether any of ``keys`` exists: one integer to parse, not a reply per key."""
-        chunks = [keys[i : i + _MGET_KEYS] for i in range(0, len(keys), _MGET_KEYS)]
+    def _per_chunk(self, command: str, names: list[str]) -> list[Any]:
+        """Run ``command`` (``mget`` or ``exists``) on ``names``, 1,000 at a time, one round trip.
+
+        Returns:
+            One reply per chunk.
+
+        """
+        chunks = [names[i : i + _MGET_KEYS] for i in range(0, len(names), _MGET_KEYS)]
         if len(chunks) == 1:
-            return bool(self.client.exists(*[self._key(key) for key in keys]))
+            return [getattr(self.client, command)(*chunks[0])]
         pipe = self.client.pipeline(transaction=False)
         for chunk in chunks:
-            pipe.exists(*[self._key(key) for key in chunk])
-        return any(pipe.execute())
+            getattr(pipe, command)(*chunk)
+        return list(pipe.execute())
 
     def wait_many(self, keys: Iterable[str], timeout: int) -> Event | None:
         """Wait up to ``timeout`` ms for one of ``keys``, stored or announced."""

@@ -11,13 +11,20 @@ from importlib.metadata import PackageNotFoundError, version
 from . import backends
 from ._request import AbortMode
 from .actors import abortable_actor
-from .api import abort, abort_requested
+from .api import abort, abort_requested, abort_status
 from .aprocess import GuardedExec, guarded_exec
-from .events import Event, EventBackend
-from .exceptions import Abort, BackendUnavailableError, DramatiqAbortError, MiddlewareMissingError
+from .events import Event, EventBackend, StatusUpdate
+from .exceptions import (
+    Abort,
+    BackendUnavailableError,
+    DramatiqAbortError,
+    MiddlewareMissingError,
+    StatusUnavailableError,
+)
 from .middleware import Abortable
 from .process import GuardedPopen, guarded_popen, guarded_run
 from .scope import AbortScope, abort_scope, current_scope
+from .status import AbortHandle, AbortState, AbortStatus
 
 try:
     __version__ = version("dramatiq-abort")
@@ -26,8 +33,11 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "Abort",
+    "AbortHandle",
     "AbortMode",
     "AbortScope",
+    "AbortState",
+    "AbortStatus",
     "Abortable",
     "BackendUnavailableError",
     "DramatiqAbortError",
@@ -36,9 +46,12 @@ __all__ = [
     "GuardedExec",
     "GuardedPopen",
     "MiddlewareMissingError",
+    "StatusUnavailableError",
+    "StatusUpdate",
     "abort",
     "abort_requested",
     "abort_scope",
+    "abort_status",
     "abortable_actor",
     "backends",
     "current_scope",

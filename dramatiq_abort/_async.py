@@ -32,7 +32,7 @@ from typing import Any
 
 import dramatiq.asyncio
 
-from ._registry import _CANCELLED, _CURRENT_ENTRY, STARTED, Registry, _Guarded, _Running
+from ._registry import _CANCELLED, _CURRENT_ENTRY, STARTED, Registry, _Guarded, _Running, abort_for
 from .exceptions import Abort
 
 _logger = logging.getLogger("dramatiq_abort")
@@ -111,7 +111,7 @@ class _Driver:
         self._entry.fired = True
         if self._cleanup is None and self._loop is not None:
             self._cleanup = self._loop.call_later(self._entry.cleanup_s, self._force)
-        return Abort()
+        return abort_for(self._entry)
 
     def _finish(self) -> None:
         if self._cleanup is not None:
@@ -187,7 +187,7 @@ class _AsyncGuarded:
             return loop_thread.run_coroutine(_drive(coro, entry, registry))
         except _CANCELLED as exc:
             if entry.delivered:
-                raise Abort() from exc  # cancelled after its cleanup time ran out
+                raise abort_for(entry) from exc  # cancelled after its cleanup time ran out
             raise
         finally:
             registry._leave(entry, 1)

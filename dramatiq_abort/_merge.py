@@ -11,7 +11,9 @@ the first stronger, never weaker:
   left the grace to the actor (``abort_timeout`` null) is kept beside it as
   ``actor_grace_from`` (its stamp), because only the worker knows the
   actor's grace; the worker takes whichever deadline comes first;
-* the stored request lives until the later of the two expiries.
+* the stored request lives until the later of the two expiries;
+* the ``reason`` is the latest one given, except that a cancel after an
+  abort changes nothing at all.
 
 Stored values that are not a request of this shape (1.x values without a
 stamp count as the oldest; garbage is replaced) are overwritten.  The same
@@ -50,6 +52,9 @@ def _valid(params: Any) -> bool:
     timeout = params.get("abort_timeout", 0)
     if timeout is not None and not (_number(timeout) and 0 <= timeout <= MAX_MS):
         return False
+    reason = params.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        return False
     return all(
         params.get(name) is None or _number(params[name])
         for name in ("requested_at", "actor_grace_from")
@@ -62,9 +67,9 @@ def merge_params(old: Any, new: dict[str, Any]) -> dict[str, Any]:
         return new
     old_mode, new_mode = old["mode"].lower(), new["mode"].lower()
     if old_mode != new_mode:
-        return old if old_mode == "abort" else new
+        return old if old_mode == "abort" else _with_reason(new, new, old)
     if old_mode == "cancel":
-        return old
+        return _with_reason(old, new, old)
     explicit: list[tuple[float, float, float | None]] = []  # (deadline, timeout, stamp)
     default: list[float | None] = []
     for params in (old, new):
@@ -89,7 +94,15 @@ def merge_params(old: Any, new: dict[str, Any]) -> dict[str, Any]:
         merged["abort_timeout"] = None
         if earliest_default is not None:
             merged["requested_at"] = earliest_default
-    return merged
+    return _with_reason(merged, new, old)
+
+
+def _with_reason(merged: dict[str, Any], *latest_first: dict[str, Any]) -> dict[str, Any]:
+    """``merged`` with the first reason found in ``latest_first`` (a copy when it changes)."""
+    reason = next((p["reason"] for p in latest_first if p.get("reason") is not None), None)
+    if reason == merged.get("reason"):
+        return merged
+    return {**merged, "reason": reason}
 
 
 #: The same rule as :func:`merge_params`, for Redis: ``KEYS[1]`` the request's
@@ -108,6 +121,9 @@ local function valid(p)
   if t ~= nil and t ~= cjson.null and not (number(t) and t >= 0 and t <= 1e12) then  -- MAX_MS
     return false
   end
+  if p.reason ~= nil and p.reason ~= cjson.null and type(p.reason) ~= 'string' then
+    return false
+  end
   for _, name in ipairs({'requested_at', 'actor_grace_from'}) do
     local v = p[name]
     if v ~= nil and v ~= cjson.null and not number(v) then return false end
@@ -118,14 +134,23 @@ local function stamp(v)
   if v == nil or v == cjson.null then return nil end
   return v
 end
+local function reason(p)
+  if type(p.reason) == 'string' then return p.reason end
+  return nil
+end
+local function with_reason(merged, latest, older)
+  local r = reason(latest) or (older and reason(older))
+  if r ~= reason(merged) then merged.reason = r end
+  return merged
+end
 local function merge(old, new)
   if not valid(old) or not valid(new) then return nil end
   local om, nm = string.lower(old.mode), string.lower(new.mode)
   if om ~= nm then
     if om == 'abort' then return old end
-    return nil
+    return with_reason(new, new, old)
   end
-  if om == 'cancel' then return old end
+  if om == 'cancel' then return with_reason(old, new, old) end
   local best, default = nil, nil
   local has_default = false
   for _, p in ipairs({old, new}) do
@@ -154,7 +179,7 @@ local function merge(old, new)
     merged.abort_timeout = cjson.null
     merged.requested_at = default
   end
-  return merged
+  return with_reason(merged, new, old)
 end
 local value = ARGV[1]
 local ttl = tonumber(ARGV[2])

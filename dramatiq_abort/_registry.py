@@ -22,6 +22,7 @@ hook, not in the next message.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import functools
 import gc
@@ -37,16 +38,20 @@ from typing import Any, Generic, TypeVar
 
 import dramatiq
 
-from . import _interrupt
+from . import _interrupt, exceptions
 from ._request import AbortMode, AbortRequest
 from ._switch import LONG_S, SwitchInterval
-from .exceptions import Abort
+from .exceptions import Abort, describe
 
 _logger = logging.getLogger("dramatiq_abort")
 
 PENDING, STARTED, ENTERED, LEFT = range(4)
 #: Outcomes of a delivery attempt.
 DELIVERED, RETRY, NOTHING = range(3)
+#: What a request did to the message here (see Registry.request).
+NOT_HERE, WILL_SKIP, RECEIVED, TOO_LATE, UNCHANGED = range(5)
+#: How many finished messages the registry remembers, to tell a request that came too late.
+FINISHED_LIMIT = 10_000
 
 _R = TypeVar("_R")
 
@@ -71,6 +76,8 @@ class _Running:
         "hooks",
         "is_async",
         "message_id",
+        "queue_name",
+        "received_at",
         "request",
         "retries",
         "shield_depth",
@@ -87,11 +94,14 @@ class _Running:
         default_grace_ms: int = 0,
         cleanup_s: float = 5.0,
         actor_name: str = "",
+        queue_name: str = "",
     ) -> None:
         self.message_id = message_id
+        self.queue_name = queue_name
         self.thread_id = thread_id
         self.state = PENDING
         self.request: AbortRequest | None = None
+        self.received_at: float | None = None  # time.time() when the first request landed
         self.deadline: float | None = None  # time.monotonic() at which Abort is due
         self.delivered = False
         self.fired = False
@@ -121,6 +131,8 @@ class Registry:
         self._by_id: dict[str, _Running] = {}
         self._by_thread: dict[int, _Running] = {}
         self._switch = SwitchInterval()
+        #: Messages that ended here without a request: id -> (actor, queue), oldest first.
+        self._finished: collections.OrderedDict[str, tuple[str, str]] = collections.OrderedDict()
 
     # -- worker thread side -------------------------------------------------
 
@@ -140,9 +152,12 @@ class Registry:
         default_grace_ms: int = 0,
         cleanup_s: float = 5.0,
         actor_name: str = "",
+        queue_name: str = "",
     ) -> _Running:
         """Register the message the calling thread is about to process."""
-        entry = _Running(message_id, threading.get_ident(), default_grace_ms, cleanup_s, actor_name)
+        entry = _Running(
+            message_id, threading.get_ident(), default_grace_ms, cleanup_s, actor_name, queue_name
+        )
         with self._lock:
             self._by_id[message_id] = entry
             self._by_thread[entry.thread_id] = entry
@@ -165,6 +180,11 @@ class Registry:
                 switch.running -= 1
                 if not switch.running:
                     switch.restore()
+            if entry.state != PENDING and entry.request is None:
+                finished = self._finished
+                finished[entry.message_id] = (entry.actor_name, entry.queue_name)
+                if len(finished) > FINISHED_LIMIT:
+                    finished.popitem(last=False)
             entry.state = LEFT
             if self._by_id.get(entry.message_id) is entry:
                 del self._by_id[entry.message_id]
@@ -190,6 +210,10 @@ class Registry:
     def get(self, message_id: str) -> _Running | None:
         """Return the message with this id if it is running here."""
         return self._by_id.get(message_id)
+
+    def finished(self, message_id: str) -> tuple[str, str] | None:
+        """(actor, queue) of a message that recently ended here without a request."""
+        return self._finished.get(message_id)
 
     def __len__(self) -> int:
         """Return the number of registered messages."""
@@ -224,7 +248,7 @@ class Registry:
             if due:
                 entry.delivered = entry.fired = True
         if due:
-            raise Abort()
+            raise abort_for(entry)
 
     def _leave(self, entry: _Running, level: int) -> None:
         """Leave guarded call number ``level``; idempotent, so it can be retried."""
@@ -270,38 +294,46 @@ class Registry:
 
     # -- watcher side --------------------------------------------------------
 
-    def request(self, request: AbortRequest, *, live: bool = True) -> _Running | None:
+    def request(self, request: AbortRequest, *, live: bool = True) -> tuple[_Running | None, int]:
         """Apply a request (``live``: just announced, else read back) to the local message.
 
         Returns:
             The entry when its deadline lies in the future and must be
-            scheduled with :meth:`deliver` at that time.
+            scheduled with :meth:`deliver` at that time (else ``None``),
+            and what the request did: ``NOT_HERE`` (no such message
+            registered), ``WILL_SKIP`` (it has not started and never will),
+            ``RECEIVED`` (the running message has its first request),
+            ``TOO_LATE`` (its code has returned, or a cancel of a running
+            message) or ``UNCHANGED`` (a request came first).
 
         """
         entry = self._by_id.get(request.message_id)
         if entry is None:
-            return None
+            return None, NOT_HERE
         with self._lock:
             if entry.state == LEFT:
-                return None
+                return None, TOO_LATE if entry.request is None else UNCHANGED
             if entry.state == PENDING:
                 # It never starts now; keep the stronger request for the log line.
                 if entry.request is None or entry.request.mode is AbortMode.CANCEL:
                     entry.request = request
-                return None
+                return None, WILL_SKIP
+            first = entry.request is None
             if request.mode is AbortMode.CANCEL:
-                return None
+                return None, TOO_LATE if first else UNCHANGED
             deadline = time.monotonic() + request.grace_seconds(entry.default_grace_ms, live=live)
             if entry.deadline is not None and entry.deadline <= deadline:
-                return None
-            if entry.request is None or entry.request.mode is AbortMode.CANCEL:
-                entry.request = request
+                return None, UNCHANGED
+            entry.request = request  # the one that decides when Abort comes
             entry.deadline = deadline
+            if first:
+                entry.received_at = time.time()
             delivered = self._deliver_locked(entry) == DELIVERED
+        verdict = RECEIVED if first else UNCHANGED
         if delivered:
             self.run_hooks(entry)
-            return None
-        return entry
+            return None, verdict
+        return entry, verdict
 
     def deliver(self, entry: _Running) -> int:
         """Raise ``Abort`` in the entry's thread if its deadline has come.
@@ -404,7 +436,7 @@ class Registry:
                 entry.held = True  # a checkpoint never cuts a shielded section short
                 return
             entry.delivered = entry.fired = True
-        raise Abort()
+        raise abort_for(entry)
 
     def shield_enter(self, entry: _Running) -> None:
         """Hold back deliveries until the matching :meth:`shield_exit`."""
@@ -426,7 +458,7 @@ class Registry:
                 entry.delivered = entry.fired = True
         if due:
             self.run_hooks(entry)
-            raise Abort()
+            raise abort_for(entry)
 
     def remaining_ms(self, entry: _Running) -> float | None:
         """Milliseconds until ``Abort`` is due, or ``None`` without a request."""
@@ -488,7 +520,7 @@ class _Guarded(Generic[_R]):
             # (by dramatiq or by a delivery hook) ends the message as aborted.
             # Any Abort still pending in this thread is cleared by _leave.
             if entry.delivered:
-                raise Abort() from exc
+                raise abort_for(entry) from exc
             raise
         finally:
             # Delivery is held off while this frame is the thread's innermost,
@@ -608,5 +640,26 @@ class DeadlineTimer:
                     self._push(time.monotonic() + delay, entry)
 
 
+def abort_for(entry: _Running) -> Abort:
+    """The ``Abort`` to raise in ``entry``'s message, with its request's reason."""
+    request = entry.request
+    reason = request.reason if request is not None else None
+    return Abort(
+        describe(entry.message_id, "aborted", reason), reason=reason, message_id=entry.message_id
+    )
+
+
 #: The process-wide registry: thread ids and message ids are unique per process.
 REGISTRY = Registry()
+
+
+def _describe_current() -> tuple[str | None, str | None]:
+    """(message id, reason) of the message the calling thread runs; no locks taken."""
+    entry = REGISTRY.current()
+    if entry is None:
+        return None, None
+    request = entry.request
+    return entry.message_id, request.reason if request is not None else None
+
+
+exceptions._describe_current = _describe_current

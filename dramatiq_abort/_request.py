@@ -107,6 +107,34 @@ def check_message_id(message_id: object) -> str:
     return message_id
 
 
+#: The longest ``reason`` of a request, in characters.
+MAX_REASON = 500
+
+
+def check_reason(reason: object) -> str | None:
+    """Return ``reason`` if it is ``None`` or a short string that can be stored."""
+    if reason is None:
+        return None
+    if not isinstance(reason, str):
+        msg = f"reason must be a short string or None, not {reason!r}"
+        raise TypeError(msg)
+    if len(reason) > MAX_REASON:
+        msg = (
+            f"reason must be at most {MAX_REASON} characters, not {len(reason)} "
+            f"({reason[:40]!r}...): keep details elsewhere and pass a short summary"
+        )
+        raise ValueError(msg)
+    try:
+        reason.encode("utf-8")
+    except UnicodeEncodeError:
+        msg = (
+            f"reason must be a string that can be encoded as UTF-8 (no lone surrogates), "
+            f"not {reason!r}"
+        )
+        raise ValueError(msg) from None
+    return reason or None
+
+
 def key_for(message_id: str) -> str:
     """Return the event key of the abort request for ``message_id``."""
     return KEY_PREFIX + message_id
@@ -147,6 +175,8 @@ class AbortRequest:
     #: Set when requests were combined (see ``_merge``) and one of them left
     #: the grace to the actor: the actor's grace also applies, from this stamp.
     actor_grace_from: float | None = None
+    #: Why it was asked for, as given to ``abort(reason=...)``.
+    reason: str | None = None
 
     def to_event(self) -> Event:
         """Encode this request as an :class:`Event`."""
@@ -155,12 +185,20 @@ class AbortRequest:
             params["requested_at"] = self.requested_at
         if self.actor_grace_from is not None:
             params["actor_grace_from"] = self.actor_grace_from
+        if self.reason is not None:
+            params["reason"] = self.reason
         return Event(key_for(self.message_id), params)
 
     @classmethod
-    def create(cls, message_id: str, mode: AbortMode, abort_timeout: int | None) -> AbortRequest:
+    def create(
+        cls,
+        message_id: str,
+        mode: AbortMode,
+        abort_timeout: int | None,
+        reason: str | None = None,
+    ) -> AbortRequest:
         """Build a request stamped with the current wall-clock time."""
-        return cls(message_id, mode, abort_timeout, time.time() * 1000)
+        return cls(message_id, mode, abort_timeout, time.time() * 1000, reason=reason)
 
     @classmethod
     def from_event(cls, event: object) -> AbortRequest | None:
@@ -179,10 +217,21 @@ class AbortRequest:
             timeout = None if raw_timeout is None else to_ms(raw_timeout, "abort_timeout")
             requested_at = _stamp(params, "requested_at")
             actor_grace_from = _stamp(params, "actor_grace_from")
+            reason = params.get("reason")
+            if reason is not None and not isinstance(reason, str):
+                raise ValueError("reason is not a string")
         except (TypeError, ValueError, AttributeError, ArithmeticError) as exc:
             _logger.warning("Ignoring malformed abort event %r: %s", event, exc)
             return None
-        return cls(message_id, mode, timeout, requested_at, actor_grace_from)
+        # A reason read back is shown, never trusted: cut to the limit.
+        return cls(
+            message_id,
+            mode,
+            timeout,
+            requested_at,
+            actor_grace_from,
+            reason and reason[:MAX_REASON],
+        )
 
     def grace_seconds(self, default_ms: int = 0, *, live: bool = True) -> float:
         """Seconds of grace left now.

@@ -24,7 +24,16 @@ import time
 from dramatiq.logging import get_logger
 
 from ._lookahead import Lookahead
-from ._registry import ENTERED, STARTED, DeadlineTimer, Registry, _Running
+from ._outcomes import Outcomes
+from ._registry import (
+    ENTERED,
+    RECEIVED,
+    STARTED,
+    TOO_LATE,
+    DeadlineTimer,
+    Registry,
+    _Running,
+)
 from ._request import KEY_PREFIX, AbortMode, AbortRequest, key_for
 from .events import Event, EventBackend, Subscription
 
@@ -50,11 +59,16 @@ class Watcher:
     """Listener and deadline threads of one ``Abortable`` in one process."""
 
     def __init__(
-        self, backend: EventBackend, registry: Registry, lookahead: Lookahead | None = None
+        self,
+        backend: EventBackend,
+        registry: Registry,
+        lookahead: Lookahead | None = None,
+        outcomes: Outcomes | None = None,
     ) -> None:
         self._backend = backend
         self._registry = registry
         self._lookahead = lookahead if lookahead is not None else Lookahead()
+        self._outcomes = outcomes if outcomes is not None else Outcomes(backend)
         self._timer = DeadlineTimer(registry)
         self._logger = get_logger(__name__, type(self))
         self._lock = threading.Lock()
@@ -199,12 +213,19 @@ class Watcher:
     def handle(self, events: list[Event], *, resync: bool = False) -> None:
         """Apply announced (or, on ``resync``, re-read) events to the messages running here."""
         lookahead = self._lookahead
+        registry = self._registry
         for event in events:
             if not event.key.startswith(KEY_PREFIX):
                 continue
             message_id = event.key[len(KEY_PREFIX) :]
             noted = lookahead.noted(message_id)
-            if not noted and self._registry.get(message_id) is None:
+            running = registry.get(message_id)
+            if not noted and running is None:
+                finished = None if resync else registry.finished(message_id)
+                if finished is not None:
+                    late = AbortRequest.from_event(event)
+                    if late is not None:
+                        self._outcomes.too_late(late, *finished, running=False)
                 continue  # the common case: not ours; skip decoding
             request = AbortRequest.from_event(event)
             if request is None:
@@ -225,9 +246,25 @@ class Watcher:
                         "message, so it keeps running.",
                         request.message_id,
                     )
-            entry = self._registry.request(request, live=not resync)
+            entry, verdict = registry.request(request, live=not resync)
             if entry is not None:
                 self._timer.schedule(entry)
+            if running is not None and verdict == RECEIVED:
+                self._outcomes.received(
+                    message_id,
+                    request,
+                    running.actor_name,
+                    running.queue_name,
+                    registry.remaining_ms(running) or 0.0,
+                    running.received_at,
+                )
+            elif running is not None and verdict == TOO_LATE:
+                self._outcomes.too_late(
+                    request,
+                    running.actor_name,
+                    running.queue_name,
+                    running=request.mode is AbortMode.CANCEL,
+                )
 
     def resync(self) -> None:
         """Look up requests for every registered message in one backend call."""

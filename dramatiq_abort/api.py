@@ -1,4 +1,4 @@
-"""The client side: :func:`abort` and :func:`abort_requested`."""
+"""The client side: :func:`abort`, :func:`abort_status` and :func:`abort_requested`."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import dramatiq
 from ._request import DEFAULT_GRACE, AbortMode, Duration
 from .exceptions import MiddlewareMissingError
 from .middleware import Abortable
+from .status import AbortHandle, AbortStatus
 
-__all__ = ["AbortMode", "abort", "abort_requested"]
+__all__ = ["AbortMode", "abort", "abort_requested", "abort_status"]
 
 
 def _find_middleware(middleware: Abortable | None, caller: str) -> Abortable:
@@ -35,7 +36,9 @@ def abort(
     abort_ttl: Duration | None = None,
     mode: AbortMode | str = AbortMode.ABORT,
     abort_timeout: Duration = DEFAULT_GRACE,
-) -> None:
+    *,
+    reason: str | None = None,
+) -> AbortHandle:
     """Abort a pending or running message given its ``message_id``.
 
     Args:
@@ -53,6 +56,14 @@ def abort(
             :func:`abort_requested` and gets ``Abort`` when it runs out.
             Left out, the actor's own grace applies (its ``abort_timeout``
             option, as set by ``@abortable_actor(timeout=...)``), else none.
+        reason: Why (a short string, at most 500 characters).  The worker
+            logs it, the running code reads it as ``Abort.reason`` and
+            ``AbortScope.reason``, and the status keeps it.
+
+    Returns:
+        A handle on the request: ``handle.status()`` reads its
+        :class:`AbortStatus` and ``handle.wait(timeout)`` waits for a final
+        one.  Code written for 1.x, which returned ``None``, ignores it.
 
     Raises:
         MiddlewareMissingError: No ``Abortable`` is on the broker.
@@ -63,11 +74,33 @@ def abort(
     Example:
         >>> abort(message.message_id)  # doctest: +SKIP
         >>> abort(message.message_id, mode="cancel")  # doctest: +SKIP
+        >>> abort(message.message_id, reason="user left").wait(5000).state  # doctest: +SKIP
+        <AbortState.INTERRUPTED: 'interrupted'>
 
     """
-    _find_middleware(middleware, "abort").abort(
-        message_id, abort_ttl=abort_ttl, mode=mode, abort_timeout=abort_timeout
+    return _find_middleware(middleware, "abort").abort(
+        message_id, abort_ttl=abort_ttl, mode=mode, abort_timeout=abort_timeout, reason=reason
     )
+
+
+def abort_status(message_id: str, middleware: Abortable | None = None) -> AbortStatus | None:
+    """The status of the abort of ``message_id``, from any process that shares the backend.
+
+    Args:
+        message_id: The message whose abort was requested.
+        middleware: As in :func:`abort`.
+
+    Returns:
+        The stored :class:`AbortStatus`, or ``None`` when no request is
+        known (never made, or older than the backend's ``status_ttl``).
+
+    Raises:
+        MiddlewareMissingError: No ``Abortable`` is on the broker.
+        StatusUnavailableError: The event backend does not store statuses.
+        BackendUnavailableError: The event backend could not be reached.
+
+    """
+    return _find_middleware(middleware, "abort_status").abort_status(message_id)
 
 
 def abort_requested(

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["Event", "EventBackend", "Subscription"]
+__all__ = ["Event", "EventBackend", "StatusUpdate", "Subscription"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,28 @@ class Event:
 
     key: str
     params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StatusUpdate:
+    """One change to the stored status of an abort (see :meth:`EventBackend.update_status`).
+
+    Args:
+        message_id: Whose status changes.
+        state: The state it moves to: ``"requested"``, ``"received"``,
+            ``"too_late"``, ``"skipped"`` or ``"interrupted"``.
+        rank: The state's rank (0, 1, 2, 3, 3 in that order): a stored
+            state only moves to an equal or higher rank.
+        changes: Fields to change, each as ``(operation, value)``, the
+            operation being ``"set"``, ``"keep"`` (set if absent), ``"min"``
+            or ``"max"`` (numbers).
+
+    """
+
+    message_id: str
+    state: str
+    rank: int
+    changes: dict[str, tuple[str, Any]]
 
 
 class Subscription(Protocol):
@@ -112,6 +134,31 @@ class EventBackend(abc.ABC):
             if event is not None:
                 found.append(event)
         return found
+
+    def update_status(self, updates: Iterable[StatusUpdate]) -> None:
+        """Apply workers' updates to stored abort statuses (optional).
+
+        A backend that stores statuses also records each abort request it
+        is notified of (state ``requested``), and keeps every record for a
+        bounded time.  The rule that applies an update is
+        ``dramatiq_abort._status.apply_update``.  The default stores
+        nothing, so a 1.x backend keeps working without statuses.
+        """
+        return None
+
+    def read_status(self, message_ids: Iterable[str]) -> list[dict[str, Any] | None]:
+        """Return the stored status record of each message, ``None`` where there is none.
+
+        Raises:
+            NotImplementedError: This backend does not store statuses (the
+                default).
+
+        """
+        msg = (
+            f"{type(self).__name__} does not store abort statuses: use backends.RedisBackend "
+            "or backends.StubBackend, or implement update_status() and read_status()"
+        )
+        raise NotImplementedError(msg)
 
     def subscribe(self) -> Subscription | None:
         """Open a push feed of every event notified from now on.

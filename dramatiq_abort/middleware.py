@@ -14,13 +14,15 @@ from dramatiq.worker import Worker
 
 from ._async import _AsyncGuarded, is_async_actor_fn
 from ._lookahead import Lookahead
-from ._registry import REGISTRY, _Guarded, _Running
+from ._outcomes import Outcomes
+from ._registry import PENDING, REGISTRY, _Guarded, _Running
 from ._request import (
     DEFAULT_GRACE,
     AbortMode,
     AbortRequest,
     Duration,
     check_message_id,
+    check_reason,
     coerce_mode,
     grace_ms,
     key_for,
@@ -28,7 +30,8 @@ from ._request import (
 )
 from ._watcher import Watcher
 from .events import EventBackend
-from .exceptions import Abort, BackendUnavailableError
+from .exceptions import Abort, BackendUnavailableError, StatusUnavailableError, describe
+from .status import AbortHandle, AbortStatus, from_record
 
 __all__ = ["Abortable"]
 
@@ -123,7 +126,8 @@ class Abortable(Middleware):
         self.logger = dramatiq.logging.get_logger(__name__, type(self))
         self._registry = REGISTRY
         self._lookahead = Lookahead()
-        self._watcher = Watcher(backend, REGISTRY, self._lookahead)
+        self._outcomes = Outcomes(backend)
+        self._watcher = Watcher(backend, REGISTRY, self._lookahead, self._outcomes)
         self._read_ahead = bool(getattr(backend, "_read_ahead", False))
         self._last_warning = 0.0
 
@@ -150,6 +154,7 @@ class Abortable(Middleware):
         if self in _RUNNING:
             _RUNNING.remove(self)
         self._watcher.stop()
+        self._outcomes.stop()
         self._registry.release_switch_interval()
 
     def _start(self) -> None:
@@ -212,15 +217,13 @@ class Abortable(Middleware):
             actor.options.get("abort_timeout") or 0,
             self.cleanup_timeout / 1000,
             actor.actor_name,
+            message.queue_name,
         )
         if self._watcher.healthy or not self._watcher.running:
             entry.checked = self._check_backend(entry, broker)
         if not self._registry.start(entry):
-            request = entry.request
-            self.logger.info(
-                "Skipping message %s: it was %s before it started.",
-                message.message_id,
-                "cancelled" if request and request.mode is AbortMode.CANCEL else "aborted",
+            self._outcomes.skipped(
+                message.message_id, entry.request, actor.actor_name, message.queue_name
             )
             message.fail()
             raise SkipMessage(f"message {message.message_id} was aborted before it started")
@@ -303,18 +306,47 @@ class Abortable(Middleware):
         result: Any | None = None,
         exception: BaseException | None = None,
     ) -> None:
-        """Forget the message; log an abort once."""
+        """Forget the message; record how a message that had a request ended."""
         entry = self._registry.current_thread_entry()
         if entry is None or entry.message_id != message.message_id:
             return
+        received = entry.request is not None and entry.state != PENDING
         self._registry.unregister(entry)
-        if isinstance(exception, Abort):
-            # dramatiq's worker and Retries already log one INFO line each.
-            self.logger.debug("Message %s was aborted while running.", message.message_id)
+        if received and entry.request is not None:
+            self._outcomes.ended(
+                entry.message_id,
+                entry.request,
+                entry.actor_name,
+                entry.queue_name,
+                exception,
+                entry.received_at,
+            )
 
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
-        """Forget a skipped message."""
-        self.after_process_message(broker, message)
+        """Forget a skipped message; give it an ``Abort`` as its error, for ``Results``."""
+        entry = self._registry.current_thread_entry()
+        if entry is None or entry.message_id != message.message_id:
+            return
+        request = entry.request
+        pending = entry.state == PENDING
+        if pending and request is not None and message.failed:
+            # dramatiq stuffed our SkipMessage into it; Results stores this instead.
+            what = "cancelled" if request.mode is AbortMode.CANCEL else "aborted"
+            text = describe(message.message_id, f"{what} before it started", request.reason)
+            message.stuff_exception(
+                Abort(text, reason=request.reason, message_id=message.message_id)
+            )
+        self._registry.unregister(entry)
+        if not pending and request is not None:
+            # Another middleware skipped it after it had received a request.
+            self._outcomes.ended(
+                entry.message_id,
+                request,
+                entry.actor_name,
+                entry.queue_name,
+                SkipMessage(),
+                entry.received_at,
+            )
 
     # -- client side ---------------------------------------------------------
 
@@ -324,7 +356,9 @@ class Abortable(Middleware):
         abort_ttl: Duration | None = None,
         mode: AbortMode | str = AbortMode.ABORT,
         abort_timeout: Duration = DEFAULT_GRACE,
-    ) -> None:
+        *,
+        reason: str | None = None,
+    ) -> AbortHandle:
         """Request the abort of a message; see :func:`dramatiq_abort.abort`."""
         message_id = check_message_id(message_id)
         mode = coerce_mode(mode)
@@ -332,22 +366,39 @@ class Abortable(Middleware):
             self.abort_ttl if abort_ttl is None else to_ms(abort_ttl, "abort_ttl", allow_zero=False)
         )
         timeout = grace_ms(abort_timeout)
-        request = AbortRequest.create(message_id, mode, timeout)
+        reason = check_reason(reason)
+        request = AbortRequest.create(message_id, mode, timeout, reason)
         try:
             self.backend.notify([request.to_event()], ttl)
         except (TypeError, ValueError):
             raise  # a bad argument, not an outage
         except Exception as exc:
-            advice = (
-                "check the backend's credentials"
-                if "authentic" in f"{type(exc).__name__} {exc}".lower()
-                else "try again once it is back"
-            )
-            msg = (
-                f"could not record the abort of message {message_id!r}: the event backend "
-                f"failed ({type(exc).__name__}: {exc}); nothing was sent, {advice}"
-            )
-            raise BackendUnavailableError(msg) from exc
+            what = f"record the abort of message {message_id!r}"
+            raise _unavailable(what, exc, "nothing was sent") from exc
+        self.logger.info(
+            "Requested %s of message %s%s.",
+            mode.value,
+            message_id,
+            f" (reason: {reason})" if reason else "",
+        )
+        return AbortHandle(self, message_id, mode, reason)
+
+    def abort_status(self, message_id: str) -> AbortStatus | None:
+        """The status of the abort of a message; see :func:`dramatiq_abort.abort_status`."""
+        return self.abort_statuses([message_id])[0]
+
+    def abort_statuses(self, message_ids: list[str]) -> list[AbortStatus | None]:
+        """The status of each message's abort, in one backend call; ``None`` where none is known."""
+        ids = [check_message_id(message_id) for message_id in message_ids]
+        try:
+            records = self.backend.read_status(ids)
+        except NotImplementedError as exc:
+            raise StatusUnavailableError(str(exc)) from exc
+        except (TypeError, ValueError):
+            raise
+        except Exception as exc:
+            raise _unavailable("read abort statuses", exc) from exc
+        return [from_record(i, record) for i, record in zip(ids, records, strict=True)]
 
     def abort_requested(self, message_id: str | None = None) -> float | None:
         """Milliseconds left before ``Abort``; see :func:`dramatiq_abort.abort_requested`."""
@@ -356,6 +407,20 @@ class Abortable(Middleware):
         else:
             entry = self._registry.get(check_message_id(message_id))
         return None if entry is None else self._registry.remaining_ms(entry)
+
+
+def _unavailable(what: str, exc: Exception, consequence: str = "") -> BackendUnavailableError:
+    """The error for a backend that failed while trying to ``what``."""
+    advice = (
+        "check the backend's credentials"
+        if "authentic" in f"{type(exc).__name__} {exc}".lower()
+        else "try again once it is back"
+    )
+    msg = (
+        f"could not {what}: the event backend failed ({type(exc).__name__}: {exc}); "
+        f"{consequence + ', ' if consequence else ''}{advice}"
+    )
+    return BackendUnavailableError(msg)
 
 
 #: The middlewares whose watchers run in this process, latest started last.

@@ -41,7 +41,7 @@ class AbortScope:
         message = self._entry.message_id if self._entry is not None else None
         return (
             f"<AbortScope message={message!r} shield={self._shield} "
-            f"requested={self.requested} remaining={self.remaining}>"
+            f"requested={self.requested} remaining={self.remaining} reason={self.reason!r}>"
         )
 
     @property
@@ -64,6 +64,15 @@ class AbortScope:
         """Milliseconds left before ``Abort`` is forced, or ``None`` without a request."""
         entry = self._entry
         return None if entry is None else REGISTRY.remaining_ms(entry)
+
+    @property
+    def reason(self) -> str | None:
+        """The reason given to ``abort(reason=...)`` once an abort was requested, else ``None``."""
+        entry = self._entry
+        if entry is None or REGISTRY.remaining_ms(entry) is None:
+            return None
+        request = entry.request
+        return None if request is None else request.reason
 
     def check(self) -> None:
         """Raise ``Abort`` now if an abort was requested: a cooperative checkpoint.

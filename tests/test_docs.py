@@ -737,7 +737,7 @@ def test_reference_custom_abort_ttl(
         filename="reference: abort_ttl",
     )
     message_id = ref.namespace["message_id"]
-    keys = list(reference_redis.scan_iter(match=f"{REFERENCE_NAMESPACE}*{message_id}"))
+    keys = list(reference_redis.scan_iter(match=f"{REFERENCE_NAMESPACE}abort:{message_id}"))
     assert len(keys) == 1
     ttl = reference_redis.pttl(keys[0])
     assert 60 * 60 * 1000 < ttl <= 2 * 60 * 60 * 1000

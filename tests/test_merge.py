@@ -23,10 +23,14 @@ from dramatiq_abort._request import AbortMode, AbortRequest
 KEY = "abort:m"
 
 
-def _request(mode: str, timeout: int | None, at: float | None) -> dict[str, Any]:
+def _request(
+    mode: str, timeout: int | None, at: float | None, reason: str | None = None
+) -> dict[str, Any]:
     params: dict[str, Any] = {"mode": mode, "abort_timeout": timeout}
     if at is not None:
         params["requested_at"] = at
+    if reason is not None:
+        params["reason"] = reason
     return params
 
 
@@ -48,6 +52,21 @@ def test_abort_after_cancel_replaces_the_cancel(event_backend: EventBackend) -> 
     event_backend.notify([Event(KEY, _request("cancel", None, 1000.0))], ttl=10_000)
     event_backend.notify([Event(KEY, _request("abort", 0, 2000.0))], ttl=10_000)
     assert _stored(event_backend) == _request("abort", 0, 2000.0)
+
+
+def test_the_latest_reason_is_kept(event_backend: EventBackend) -> None:
+    """A second request's reason replaces the first's; one without a reason keeps it."""
+    event_backend.notify([Event(KEY, _request("cancel", None, 1000.0, "first"))], ttl=10_000)
+    event_backend.notify([Event(KEY, _request("abort", 0, 2000.0, "second"))], ttl=10_000)
+    event_backend.notify([Event(KEY, _request("abort", 50, 3000.0))], ttl=10_000)
+    assert _stored(event_backend) == _request("abort", 0, 2000.0, "second")
+
+
+def test_a_cancel_after_an_abort_does_not_change_the_reason(event_backend: EventBackend) -> None:
+    """A CANCEL that loses to a stored ABORT leaves its reason behind too."""
+    event_backend.notify([Event(KEY, _request("abort", 0, 1000.0, "first"))], ttl=10_000)
+    event_backend.notify([Event(KEY, _request("cancel", None, 2000.0, "second"))], ttl=10_000)
+    assert _stored(event_backend) == _request("abort", 0, 1000.0, "first")
 
 
 def test_the_earlier_deadline_wins(event_backend: EventBackend) -> None:
@@ -125,12 +144,16 @@ def test_redis_loads_its_script_again_after_a_restart() -> None:
 
 _stamps = st.one_of(st.none(), st.integers(0, 2_000_000_000_000).map(float))
 _timeouts = st.one_of(st.none(), st.integers(0, 100_000))
-_requests = st.builds(_request, st.sampled_from(["abort", "cancel", "ABORT"]), _timeouts, _stamps)
+_reasons = st.one_of(st.none(), st.sampled_from(["first", "second", "été ✓"]))
+_requests = st.builds(
+    _request, st.sampled_from(["abort", "cancel", "ABORT"]), _timeouts, _stamps, _reasons
+)
 _garbage = st.one_of(
     st.just({"mode": "cancel", "abort_timeout": "soon"}),
     st.just({"mode": 3}),
     st.just(["abort", 1]),
     st.just({"mode": "abort", "requested_at": True}),
+    st.just({"mode": "abort", "reason": 7}),
 )
 
 

@@ -456,11 +456,11 @@ def test_current_scope_is_the_innermost_and_restored_on_exit() -> None:
 def test_repr_is_informative() -> None:
     """The repr shows the message, the shield flag and the request state."""
     assert repr(abort_scope(shield=True)) == (
-        "<AbortScope message=None shield=True requested=False remaining=None>"
+        "<AbortScope message=None shield=True requested=False remaining=None reason=None>"
     )
     with abort_scope() as scope:
-        assert (
-            repr(scope) == "<AbortScope message=None shield=False requested=False remaining=None>"
+        assert repr(scope) == (
+            "<AbortScope message=None shield=False requested=False remaining=None reason=None>"
         )
 
 

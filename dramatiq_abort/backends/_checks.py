@@ -55,6 +55,22 @@ def check_keys(keys: Any) -> list[str]:
     return [check_key(key) for key in keys]
 
 
+def check_ids(message_ids: Any) -> list[str]:
+    """Return ``message_ids`` as a list of message id strings."""
+    if isinstance(message_ids, (str, bytes)) or not isinstance(message_ids, Iterable):
+        msg = (
+            f"message_ids must be an iterable of message id strings, such as "
+            f"[message.message_id], not {message_ids!r}"
+        )
+        raise TypeError(msg)
+    ids = list(message_ids)
+    for message_id in ids:
+        if not isinstance(message_id, str):
+            msg = f"each message id must be a string, not {message_id!r}"
+            raise TypeError(msg)
+    return ids
+
+
 def check_ttl(ttl: Any) -> int:
     """Return ``ttl`` if it is a positive whole number of ms, at most :data:`MAX_MS`."""
     if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 < ttl <= MAX_MS:

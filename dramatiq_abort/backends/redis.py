@@ -3,7 +3,8 @@
 Each request is stored under ``<namespace><event key>`` with a TTL, so a
 worker that takes the message later still finds it, and every batch is
 announced with one ``PUBLISH`` on ``<namespace>events``, so a running
-message learns of it at once.  A small server-side script stores each
+message learns of it at once.  The status of each abort is a JSON record
+under ``<namespace>status:<message id>`` (see ``_status``).  A small server-side script stores each
 request, combined with one already there (the stronger wins, see
 ``_merge``), and the last one publishes the batch: one pipelined round
 trip.  Workers hold one subscribed connection each and read it with a
@@ -26,8 +27,18 @@ import redis
 
 from .._fdcheck import readable_check, wait_readable
 from .._merge import MERGE_LUA
-from ..events import Event, EventBackend, Subscription
-from ._checks import check_events, check_key, check_keys, check_timeout, check_ttl, encodable
+from .._request import Duration, to_ms
+from .._status import STATUS_LUA, check_update, request_update, status_key
+from ..events import Event, EventBackend, StatusUpdate, Subscription
+from ._checks import (
+    check_events,
+    check_ids,
+    check_key,
+    check_keys,
+    check_timeout,
+    check_ttl,
+    encodable,
+)
 
 __all__ = ["RedisBackend"]
 
@@ -35,8 +46,11 @@ _logger = logging.getLogger(__name__)
 
 #: Seconds to wait for Redis to confirm a subscription.
 _SUBSCRIBE_TIMEOUT = 5.0
-#: The merge script's digest, computed here so no round trip is needed to learn it.
-_MERGE_SHA = hashlib.sha1(MERGE_LUA.encode("utf-8")).hexdigest()
+#: The scripts by digest, computed here so no round trip is needed to learn them.
+_SCRIPTS = {hashlib.sha1(lua.encode("utf-8")).hexdigest(): lua for lua in (MERGE_LUA, STATUS_LUA)}
+_MERGE_SHA, _STATUS_SHA = _SCRIPTS
+#: How long status records are kept by default: one day, in ms.
+DEFAULT_STATUS_TTL = 86_400_000
 #: Most replies one ``drain`` reads before the watcher handles them.
 _DRAIN_REPLIES = 100
 #: From this many keys on, ``poll_many`` asks ``EXISTS`` first: requests are rare,
@@ -83,6 +97,11 @@ def _decode_batch(raw: Any) -> list[Event]:
         _logger.warning("Ignoring a malformed announcement %r: %s", raw, exc)
         return []
     return events
+
+
+def _status_args(change: StatusUpdate, keep: int) -> tuple[str, int]:
+    body = {"rank": change.rank, "state": change.state, "changes": change.changes}
+    return json.dumps(body), keep
 
 
 class _RedisSubscription:
@@ -222,6 +241,9 @@ class RedisBackend(EventBackend):
         client: A ``redis.Redis`` client; ``None`` connects to Redis on
             localhost:6379, database 0, with the timeouts of :meth:`from_url`.
         namespace: Prefix of every key and of the announcement channel.
+        status_ttl: How long (ms or ``timedelta``) the status of an abort
+            is kept after its last change; a request's own status lives at
+            least its ``abort_ttl`` longer.  One day by default.
 
     Example:
         >>> import redis
@@ -232,7 +254,13 @@ class RedisBackend(EventBackend):
 
     _read_ahead = True  # a read is a round trip: check prefetched messages in batches
 
-    def __init__(self, *, client: Any = None, namespace: str = "dramatiq:aborts:") -> None:
+    def __init__(
+        self,
+        *,
+        client: Any = None,
+        namespace: str = "dramatiq:aborts:",
+        status_ttl: Duration = DEFAULT_STATUS_TTL,
+    ) -> None:
         if not isinstance(namespace, str) or not namespace:
             msg = (
                 f"namespace must be a non-empty string such as 'dramatiq:aborts:', "
@@ -261,6 +289,7 @@ class RedisBackend(EventBackend):
         self.client = client
         self.namespace = namespace
         self.channel = namespace + "events"
+        self.status_ttl = to_ms(status_ttl, "status_ttl", allow_zero=False)
 
     def __repr__(self) -> str:
         return f"RedisBackend(client={self.client!r}, namespace={self.namespace!r})"
@@ -317,23 +346,42 @@ class RedisBackend(EventBackend):
     def notify(self, events: Iterable[Event], ttl: int) -> None:
         """Store each event for ``ttl`` ms (combined with a stored one) and announce the batch.
 
+        The status of each abort request is recorded first (``requested``).
         One pipelined round trip; the first call after Redis lost its script
-        cache (a restart) takes two more, to load the script and run again.
+        cache (a restart) takes two more, to load the scripts and run again.
         """
         batch = check_events(events)
         check_ttl(ttl)
         if not batch:
             return
-        calls = [(self._key(event.key), json.dumps(event.params)) for event in batch]
+        calls: list[tuple[str, str, tuple[Any, ...]]] = []
+        keep = ttl + self.status_ttl
+        for event in batch:
+            change = request_update(event, ttl)
+            if change is not None:
+                calls.append(
+                    (_STATUS_SHA, self._status_key(change.message_id), _status_args(change, keep))
+                )
         announcement = json.dumps([[event.key, event.params] for event in batch])
+        for index, event in enumerate(batch):
+            # Only the last call publishes: if the script is missing,
+            # nothing is announced before the requests are stored.
+            last = index == len(batch) - 1
+            channel, payload = (self.channel, announcement) if last else ("", "")
+            value = json.dumps(event.params)
+            calls.append((_MERGE_SHA, self._key(event.key), (value, ttl, channel, payload)))
+        self._run_scripts(calls)
+
+    def _run_scripts(self, calls: list[tuple[str, str, tuple[Any, ...]]]) -> None:
+        """Run each ``(digest, key, args)`` script call, in order, pipelined.
+
+        Calls whose script Redis lost (a restart) run again, in order, once
+        the scripts are loaded.
+        """
         for attempt in range(2):
             pipe = self.client.pipeline(transaction=False)
-            last = len(calls) - 1
-            for index, (key, value) in enumerate(calls):
-                # Only the last call publishes: if the script is missing,
-                # nothing is announced before the requests are stored.
-                channel, payload = (self.channel, announcement) if index == last else ("", "")
-                pipe.evalsha(_MERGE_SHA, 1, key, value, ttl, channel, payload)
+            for sha, key, args in calls:
+                pipe.evalsha(sha, 1, key, *args)
             results = pipe.execute(raise_on_error=False)
             missing = []
             for call, result in zip(calls, results, strict=True):
@@ -344,10 +392,39 @@ class RedisBackend(EventBackend):
             if not missing:
                 return
             if attempt == 0:
-                self.client.script_load(MERGE_LUA)
+                for sha in dict.fromkeys(sha for sha, _, _ in missing):
+                    self.client.script_load(_SCRIPTS[sha])
                 calls = missing
-        msg = "Redis does not keep the request script (SCRIPT LOAD had no effect)"
+        msg = "Redis does not keep the request scripts (SCRIPT LOAD had no effect)"
         raise redis.exceptions.NoScriptError(msg)
+
+    def _status_key(self, message_id: str) -> str:
+        return self._key(status_key(message_id))
+
+    def update_status(self, updates: Iterable[StatusUpdate]) -> None:
+        """Apply workers' updates to the status records, in one pipelined round trip."""
+        changes = [check_update(change) for change in updates]
+        keep = self.status_ttl
+        calls = [
+            (_STATUS_SHA, self._status_key(c.message_id), _status_args(c, keep)) for c in changes
+        ]
+        if calls:
+            self._run_scripts(calls)
+
+    def read_status(self, message_ids: Iterable[str]) -> list[dict[str, Any] | None]:
+        """Return each message's status record, ``None`` where there is none (``MGET``)."""
+        ids = check_ids(message_ids)
+        records: list[dict[str, Any] | None] = [None] * len(ids)
+        readable = [i for i, message_id in enumerate(ids) if encodable(message_id)]
+        if not readable:
+            return records
+        names = [self._status_key(ids[i]) for i in readable]
+        replies = (raw for reply in self._per_chunk("mget", names) for raw in reply)
+        for index, name, raw in zip(readable, names, replies, strict=True):
+            if raw is not None:
+                event = _decode_params(name, raw)
+                records[index] = event.params if event is not None else None
+        return records
 
     def poll(self, key: str) -> Event | None:
         """Return the event stored under ``key`` without consuming it."""

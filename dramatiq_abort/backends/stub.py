@@ -6,15 +6,20 @@ import queue
 import threading
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from .._merge import merge_params
-from ..events import Event, EventBackend, Subscription
-from ._checks import check_events, check_key, check_keys, check_timeout, check_ttl
+from .._request import Duration, to_ms
+from .._status import apply_update, check_update, request_update
+from ..events import Event, EventBackend, StatusUpdate, Subscription
+from ._checks import check_events, check_ids, check_key, check_keys, check_timeout, check_ttl
 
 __all__ = ["StubBackend"]
 
 #: Seconds between two sweeps of expired events.
 _SWEEP_EVERY = 1.0
+#: How long status records are kept by default: one day, in ms.
+DEFAULT_STATUS_TTL = 86_400_000
 
 
 class _StubSubscription:
@@ -46,6 +51,11 @@ class StubBackend(EventBackend):
     process, as with dramatiq's ``StubBroker``.  Events expire after their
     TTL, polling does not consume them, and workers are told at once.
 
+    Args:
+        status_ttl: How long (ms or ``timedelta``) the status of an abort
+            is kept after its last change; a request's own status lives at
+            least its ``abort_ttl`` longer.  One day by default.
+
     Example:
         >>> from dramatiq_abort import Event, backends
         >>> backend = backends.StubBackend()
@@ -55,9 +65,11 @@ class StubBackend(EventBackend):
 
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, status_ttl: Duration = DEFAULT_STATUS_TTL) -> None:
+        self.status_ttl = to_ms(status_ttl, "status_ttl", allow_zero=False)
         self._cond = threading.Condition(threading.Lock())
         self._events: dict[str, tuple[float, Event]] = {}
+        self._statuses: dict[str, tuple[float, dict[str, Any]]] = {}
         self._subscriptions: list[_StubSubscription] = []
         self._next_sweep = time.monotonic() + _SWEEP_EVERY
 
@@ -77,6 +89,10 @@ class StubBackend(EventBackend):
         now = time.monotonic()
         expires = now + check_ttl(ttl) / 1000
         with self._cond:
+            for event in batch:
+                change = request_update(event, ttl)
+                if change is not None:
+                    self._update_status(change, ttl + self.status_ttl, now)
             for event in batch:
                 stored = self._events.get(event.key)
                 if stored is not None and stored[0] > now:
@@ -120,6 +136,35 @@ class StubBackend(EventBackend):
                     return None
                 self._cond.wait(min(deadline - now, threading.TIMEOUT_MAX))
 
+    def update_status(self, updates: Iterable[StatusUpdate]) -> None:
+        """Apply workers' updates to the status records."""
+        changes = [check_update(change) for change in updates]
+        now = time.monotonic()
+        with self._cond:
+            for change in changes:
+                self._update_status(change, self.status_ttl, now)
+
+    def read_status(self, message_ids: Iterable[str]) -> list[dict[str, Any] | None]:
+        """Return each message's status record, ``None`` where there is none."""
+        ids = check_ids(message_ids)
+        now = time.monotonic()
+        with self._cond:
+            found = []
+            for message_id in ids:
+                stored = self._statuses.get(message_id)
+                found.append(dict(stored[1]) if stored is not None and stored[0] > now else None)
+            return found
+
+    def _update_status(self, change: StatusUpdate, keep_ms: int, now: float) -> None:
+        stored = self._statuses.get(change.message_id)
+        live = stored is not None and stored[0] > now
+        record = apply_update(stored[1] if live and stored else None, change)
+        if record is not None:
+            expires = now + keep_ms / 1000
+            if live and stored:
+                expires = max(expires, stored[0])
+            self._statuses[change.message_id] = (expires, record)
+
     def subscribe(self) -> Subscription:
         """Feed every event notified from now on."""
         subscription = _StubSubscription(self)
@@ -145,6 +190,7 @@ class StubBackend(EventBackend):
         if not force and now < self._next_sweep:
             return
         self._next_sweep = now + _SWEEP_EVERY
-        expired = [key for key, (expires, _) in self._events.items() if expires <= now]
-        for key in expired:
-            del self._events[key]
+        for table in (self._events, self._statuses):
+            expired = [key for key, (expires, _) in table.items() if expires <= now]
+            for key in expired:
+                del table[key]

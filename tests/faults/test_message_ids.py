@@ -20,6 +20,7 @@ import pickle
 import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
 
 from conftest import BACKEND_DB, WAIT, Hold, LogWatch, RedisServer, join
-from dramatiq_abort import Abort, Abortable, abort, abort_requested, backends
+from dramatiq_abort import Abort, Abortable, AbortState, abort, abort_requested, backends
 
 StartWorker = Callable[..., Worker]
 
@@ -119,9 +120,11 @@ def test_unusual_ids_are_aborted_exactly(
         label = f"unusual-{index}"
         broker.enqueue(hold_actor.message(label).copy(message_id=message_id))
         hold.wait("started", label)
-        abort(message_id)
+        handle = abort(message_id)
         hold.wait("ended", label)
         assert hold.outcome[label] == "aborted", repr(message_id)
+        status = handle.wait(timedelta(seconds=WAIT))
+        assert status is not None and status.state is AbortState.INTERRUPTED, repr(message_id)
         assert abort_requested(BYSTANDER) is None, f"{message_id!r} reached {BYSTANDER!r}"
 
     assert backend.poll("abort:" + BYSTANDER) is None
@@ -140,7 +143,11 @@ def test_unusual_ids_are_aborted_exactly(
 
     client = redis.Redis(port=redis_server.port, db=BACKEND_DB)
     try:
-        expected = {f"{namespace}abort:{message_id}".encode() for message_id in UNUSUAL_IDS}
+        expected = {
+            f"{namespace}{kind}:{message_id}".encode()
+            for message_id in UNUSUAL_IDS
+            for kind in ("abort", "status")
+        }
         assert all_keys(client) == expected
         assert set(client.scan_iter(match=namespace + "*", count=1000)) == expected
         assert set(client.info("keyspace")) == {f"db{BACKEND_DB}"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import dramatiq
 from typing_extensions import assert_type
@@ -10,11 +11,15 @@ from typing_extensions import assert_type
 from dramatiq_abort import (
     Abort,
     Abortable,
+    AbortHandle,
     AbortMode,
+    AbortState,
+    AbortStatus,
     Event,
     EventBackend,
     abort,
     abort_requested,
+    abort_status,
     backends,
 )
 
@@ -26,7 +31,20 @@ def check_signatures(broker: dramatiq.Broker) -> None:
     assert_type(redis_backend, backends.RedisBackend)
     middleware = Abortable(backend=backend, abortable=True, abort_ttl=90_000)
     broker.add_middleware(middleware)
-    assert_type(abort("id"), None)
+    handle = abort("id", reason="user cancelled")
+    assert_type(handle, AbortHandle)
+    assert_type(handle.wait(5000), AbortStatus | None)
+    assert_type(handle.wait(timedelta(seconds=5)), AbortStatus | None)
+    status = abort_status("id", middleware)
+    assert_type(status, AbortStatus | None)
+    if status is not None:
+        assert_type(status.state, AbortState)
+        assert_type(status.final, bool)
+        assert_type(status.to_dict(), dict[str, Any])
+    assert_type(
+        backends.StubBackend(status_ttl=timedelta(hours=1)).read_status(["id"]),
+        list[dict[str, Any] | None],
+    )
     abort("id", middleware, 1000, AbortMode.CANCEL, 0)
     abort("id", abort_ttl=timedelta(hours=1), abort_timeout=timedelta(seconds=2))
     abort("id", mode="cancel")
@@ -39,3 +57,4 @@ def check_signatures(broker: dramatiq.Broker) -> None:
         pass
     except Abort as exc:
         assert_type(exc, Abort)
+        assert_type(exc.reason, str | None)

@@ -1,0 +1,224 @@
+"""What became of an abort: :class:`AbortState`, :class:`AbortStatus`, :class:`AbortHandle`."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from ._request import MAX_REASON, MAX_STAMP, AbortMode, Duration, to_ms
+from ._status import RANKS
+
+if TYPE_CHECKING:
+    from .middleware import Abortable
+
+__all__ = ["AbortHandle", "AbortState", "AbortStatus"]
+
+_logger = logging.getLogger("dramatiq_abort")
+
+#: Seconds between two reads while waiting for an outcome: the first, and at most.
+_WAIT_FIRST = 0.005
+_WAIT_MAX = 0.1
+
+
+class AbortState(enum.Enum):
+    """Where an abort request stands.
+
+    ``REQUESTED`` and ``RECEIVED`` are on the way; the others are final.
+    """
+
+    #: Recorded; no worker has acted on it yet.
+    REQUESTED = "requested"
+    #: The worker running the message has it; ``Abort`` comes after the grace.
+    RECEIVED = "received"
+    #: The message never started: it was skipped (and dead-lettered).
+    SKIPPED = "skipped"
+    #: The message was running when the request reached it, and has ended.
+    INTERRUPTED = "interrupted"
+    #: The message had finished, or a cancel reached it while it ran.
+    TOO_LATE = "too_late"
+    #: The request's TTL passed before any worker saw the message.
+    EXPIRED = "expired"
+
+    @property
+    def final(self) -> bool:
+        """Whether this state can no longer change."""
+        return self not in (AbortState.REQUESTED, AbortState.RECEIVED)
+
+
+@dataclass(frozen=True)
+class AbortStatus:
+    """The status of the abort of one message, as stored in the event backend.
+
+    Times are UTC ``datetime`` objects, each from the clock of the process
+    that took the step (the client for ``requested_at`` and ``expires_at``,
+    the worker for the others).
+    """
+
+    #: The aborted message.
+    message_id: str
+    #: Where the request stands.
+    state: AbortState
+    #: The strongest mode requested (``ABORT`` beats ``CANCEL``).
+    mode: AbortMode
+    #: The latest reason given to ``abort(reason=...)``, if any.
+    reason: str | None
+    #: When the (first) request was made.
+    requested_at: datetime | None
+    #: When the request stops applying to a message that has not started.
+    expires_at: datetime | None
+    #: When the worker running the message received it.
+    received_at: datetime | None = None
+    #: When the state became final (skipped, ended, found too late).
+    ended_at: datetime | None = None
+    #: The message's actor and queue, once a worker saw the message.
+    actor_name: str | None = None
+    queue_name: str | None = None
+    #: The worker process that acted: ``"<host>:<pid>"``.
+    worker: str | None = None
+    #: How an interrupted message ended: ``"Abort"``, another exception's
+    #: name, or ``"returned"`` (it finished by itself during its grace).
+    ended_with: str | None = None
+
+    @property
+    def final(self) -> bool:
+        """Whether the state can no longer change."""
+        return self.state.final
+
+    def to_dict(self) -> dict[str, Any]:
+        """The status as JSON-ready values (times as ISO 8601 strings, enums as strings)."""
+        data: dict[str, Any] = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if isinstance(value, enum.Enum):
+                value = value.value
+            elif isinstance(value, datetime):
+                value = value.isoformat(timespec="milliseconds")
+            data[name] = value
+        data["final"] = self.final
+        return data
+
+
+def from_record(message_id: str, record: Any, now_ms: float | None = None) -> AbortStatus | None:
+    """Read a stored record (see ``_status``); ``None`` if there is none or it is malformed."""
+    if record is None:
+        return None
+    try:
+        if not isinstance(record, dict):
+            raise ValueError("not a mapping")
+        state_name = record.get("state")
+        if state_name not in RANKS:
+            raise ValueError(f"unknown state {state_name!r}")
+        state = AbortState(state_name)
+        expires_at = _ms(record, "expires_at")
+        now = time.time() * 1000 if now_ms is None else now_ms
+        if state is AbortState.REQUESTED and expires_at is not None and expires_at <= now:
+            state = AbortState.EXPIRED
+        mode = AbortMode(str(record.get("mode", "abort")).lower())
+        return AbortStatus(
+            message_id=message_id,
+            state=state,
+            mode=mode,
+            reason=_text(record, "reason", MAX_REASON),
+            requested_at=_time(_ms(record, "requested_at")),
+            expires_at=_time(expires_at),
+            received_at=_time(_ms(record, "received_at")),
+            ended_at=_time(_ms(record, "ended_at")),
+            actor_name=_text(record, "actor_name"),
+            queue_name=_text(record, "queue_name"),
+            worker=_text(record, "worker"),
+            ended_with=_text(record, "ended_with"),
+        )
+    except (TypeError, ValueError) as exc:
+        _logger.warning(
+            "Ignoring a malformed status of message %s: %r (%s)", message_id, record, exc
+        )
+        return None
+
+
+def _ms(record: dict[str, Any], name: str) -> float | None:
+    value = record.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} is not a number")
+    if not 0 <= value < MAX_STAMP:
+        raise ValueError(f"{name} is out of range")
+    return float(value)
+
+
+def _time(ms: float | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+
+def _text(record: dict[str, Any], name: str, limit: int = 200) -> str | None:
+    value = record.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{name} is not a string")
+    return value[:limit]
+
+
+class AbortHandle:
+    """What :func:`~dramatiq_abort.abort` returns: a way to follow the request.
+
+    Example:
+        >>> handle = abort(message.message_id, reason="user cancelled")  # doctest: +SKIP
+        >>> handle.wait(timeout=5000).state  # doctest: +SKIP
+        <AbortState.SKIPPED: 'skipped'>
+
+    """
+
+    __slots__ = ("_middleware", "message_id", "mode", "reason")
+
+    def __init__(
+        self, middleware: Abortable, message_id: str, mode: AbortMode, reason: str | None
+    ) -> None:
+        self._middleware = middleware
+        #: The message whose abort was requested.
+        self.message_id = message_id
+        #: The mode of this request.
+        self.mode = mode
+        #: The reason given, if any.
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"<AbortHandle {self.message_id!r} mode={self.mode.value}" + (
+            f" reason={self.reason!r}>" if self.reason else ">"
+        )
+
+    def status(self) -> AbortStatus | None:
+        """Read the request's status now; ``None`` if the backend has none (any more).
+
+        Raises:
+            StatusUnavailableError: The backend does not store statuses.
+            BackendUnavailableError: The backend could not be reached.
+
+        """
+        return self._middleware.abort_status(self.message_id)
+
+    def wait(self, timeout: Duration = 10_000) -> AbortStatus | None:
+        """Wait up to ``timeout`` (ms or ``timedelta``) for a final state, and return the status.
+
+        Returns:
+            The status: final (``status.final``), or the last one read
+            when the time ran out.  ``None`` if the backend has none.
+
+        Raises:
+            StatusUnavailableError: The backend does not store statuses.
+            BackendUnavailableError: The backend could not be reached.
+
+        """
+        deadline = time.monotonic() + to_ms(timeout, "timeout") / 1000
+        pause = _WAIT_FIRST
+        while True:
+            status = self.status()
+            left = deadline - time.monotonic()
+            if status is None or status.final or left <= 0:
+                return status
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, _WAIT_MAX)

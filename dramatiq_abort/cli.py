@@ -1,20 +1,112 @@
 """The ``dramatiq-abort`` command line (also ``python -m dramatiq_abort``).
 
+Commands:
+
+* ``demo``: cancel, abort and graceful abort, in-process, no server needed.
+* ``abort ID...``: request the abort (or ``--mode cancel``) of messages, and
+  with ``--wait SECONDS`` wait for what became of each.
+* ``status ID...``: read where each message's abort stands, and with
+  ``--wait SECONDS`` wait until every one is final.
+
+``abort`` and ``status`` talk to the Redis event backend given by ``--url``,
+else the ``DRAMATIQ_ABORT_URL`` environment variable, else ``REDIS_URL``,
+under the key prefix ``--namespace`` (``RedisBackend(namespace=...)``).
+``--json`` prints a JSON array on stdout, one object per id: the status's
+``AbortStatus.to_dict()``, or ``{"message_id": ..., "state": null}`` for an
+id without one.  Errors go to stderr, prefixed ``dramatiq-abort: error:``.
+
+Exit status of ``abort`` and ``status``:
+
+==  =========================================================================
+0   Success: every abort was recorded; every status was found (and, with
+    ``--wait``, is final).
+1   Error: the backend is unreachable, the URL is missing or invalid, or the
+    backend stores no statuses.
+2   Usage error: argparse's own, or an invalid value (``--timeout -5``).
+3   Not found: at least one id has no status (this wins over 4).
+4   Timed out: ``--wait`` ran out before every state was final.
+==  =========================================================================
+
+Interrupted by Ctrl-C, a command exits with 130.
+
 Each subcommand is a function that adds its parser and sets a handler;
 add a new one to :data:`_COMMANDS`.
+
+Decision: the parser is the standard library's :mod:`argparse`.  It is
+enough for three subcommands with a handful of options each; click or
+typer would be a new dependency of every install for no gain.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import math
 import os
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the library is imported when a command runs, so --help stays fast
+    from .middleware import Abortable
+    from .status import AbortStatus
 
 __all__ = ["main"]
 
 #: A subcommand's handler: the parsed arguments in, the exit status out.
 Handler = Callable[[argparse.Namespace], int]
+
+#: Exit statuses.
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_TIMED_OUT = 4
+EXIT_INTERRUPTED = 130
+
+#: The environment variables that give the event backend's URL, first wins.
+URL_VARIABLES = ("DRAMATIQ_ABORT_URL", "REDIS_URL")
+
+#: The default key prefix, as ``RedisBackend``'s.
+DEFAULT_NAMESPACE = "dramatiq:aborts:"
+
+_EXIT_STATUS = """\
+exit status:
+  0  success: every abort recorded; every status found (and, with --wait, final)
+  1  error: backend unreachable, missing or invalid URL, no status storage
+  2  usage error: a bad option or value
+  3  not found: at least one id has no status (wins over 4)
+  4  timed out: --wait ran out before every state was final
+"""
+
+_URL_HELP = (
+    "Redis URL of the event backend, such as redis://localhost:6379/0 "
+    f"(default: ${URL_VARIABLES[0]}, else ${URL_VARIABLES[1]})"
+)
+
+
+class _Failure(Exception):
+    """A command failed: print ``message`` as an error and exit with ``code``."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _wrap(text: str) -> str:
+    """``text`` filled to 78 columns: the help formatter keeps descriptions as written."""
+    return textwrap.fill(text, 78)
+
+
+def _error(message: str) -> None:
+    text = " ".join(message.split())  # one line, whatever the exception said
+    print(f"dramatiq-abort: error: {text}", file=sys.stderr)
+
+
+# -- demo ----------------------------------------------------------------------
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -36,9 +128,362 @@ def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     parser.set_defaults(handler=_run_demo)
 
 
+# -- argument types ------------------------------------------------------------
+
+
+def _number(text: str) -> int | float:
+    """A number as typed: an ``int`` if it is whole, else a ``float`` (checked later)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of milliseconds: {text!r}") from None
+
+
+def _seconds(text: str) -> float:
+    """A finite, non-negative number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text!r}")
+    return value
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """The options every backend command takes."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", metavar="URL", help=_URL_HELP)
+    common.add_argument(
+        "--namespace",
+        metavar="NS",
+        default=DEFAULT_NAMESPACE,
+        help="key prefix of the event backend, as RedisBackend(namespace=...) "
+        "(default: %(default)s)",
+    )
+    common.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON array on stdout, one status object per id "
+        '({"message_id": ID, "state": null} for an unknown id)',
+    )
+    return common
+
+
+# -- shared steps --------------------------------------------------------------
+
+
+def _check_ids(message_ids: list[str]) -> list[str]:
+    """The ids, each once, in order; a blank one is a usage error."""
+    from ._request import check_message_id
+
+    try:
+        return list(dict.fromkeys(check_message_id(i) for i in message_ids))
+    except (TypeError, ValueError) as exc:
+        raise _Failure(str(exc), EXIT_USAGE) from exc
+
+
+def _middleware(args: argparse.Namespace) -> Abortable:
+    """The client side of the library, on the backend the options name."""
+    if not args.namespace:
+        raise _Failure("--namespace must not be empty", EXIT_USAGE)
+    if args.url:
+        url, source = args.url, "--url"
+    else:
+        source = next((name for name in URL_VARIABLES if os.environ.get(name)), "")
+        if not source:
+            msg = (
+                "no event backend URL: pass --url URL or set the environment variable "
+                f"{URL_VARIABLES[0]} (or {URL_VARIABLES[1]}), such as redis://localhost:6379/0"
+            )
+            raise _Failure(msg, EXIT_ERROR)
+        url = os.environ[source]
+    try:
+        from . import Abortable, backends
+
+        backend = backends.RedisBackend.from_url(url, namespace=args.namespace)
+    except ImportError as exc:  # the redis extra is missing
+        raise _Failure(str(exc), EXIT_ERROR) from exc
+    except (TypeError, ValueError) as exc:
+        raise _Failure(f"{source}: {exc}", EXIT_ERROR) from exc
+    return Abortable(backend=backend)
+
+
+def _close(middleware: Abortable) -> None:
+    client = getattr(middleware.backend, "client", None)
+    if client is not None:
+        with contextlib.suppress(Exception):  # nothing to keep on the way out
+            client.close()
+
+
+def _read(middleware: Abortable, ids: list[str]) -> list[AbortStatus | None]:
+    """Every id's status, in one round trip."""
+    from . import BackendUnavailableError, StatusUnavailableError
+
+    try:
+        return middleware.abort_statuses(ids)
+    except (BackendUnavailableError, StatusUnavailableError) as exc:
+        raise _Failure(str(exc), EXIT_ERROR) from exc
+
+
+def _wait(middleware: Abortable, ids: list[str], seconds: float) -> list[AbortStatus | None]:
+    """Read the statuses until each is final or ``seconds`` (one deadline for all) ran out."""
+    from .status import wait_final
+
+    return wait_final(lambda pending: _read(middleware, pending), ids, seconds, wait_unknown=True)
+
+
+def _final(status: AbortStatus | None) -> bool:
+    return status is not None and status.final
+
+
+def _exit_status(statuses: list[AbortStatus | None], waited: bool) -> int:
+    if any(status is None for status in statuses):
+        return EXIT_NOT_FOUND
+    if waited and not all(_final(status) for status in statuses):
+        return EXIT_TIMED_OUT
+    return EXIT_OK
+
+
+# -- output --------------------------------------------------------------------
+
+
+def _print_json(ids: list[str], statuses: list[AbortStatus | None]) -> None:
+    data: list[dict[str, Any]] = [
+        {"message_id": i, "state": None} if status is None else status.to_dict()
+        for i, status in zip(ids, statuses, strict=True)
+    ]
+    print(json.dumps(data, indent=2))
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 1:
+        return f"{max(seconds, 0) * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _since_request(status: AbortStatus, when: datetime | None) -> str | None:
+    if when is None or status.requested_at is None:
+        return None
+    return f"{_duration((when - status.requested_at).total_seconds())} after the request"
+
+
+def _details(status: AbortStatus, now: datetime) -> str:
+    """The parenthesis of a status line: mode and reason; then what happened, and when."""
+    head = status.mode.value + (f", reason: {status.reason}" if status.reason else "")
+    state = status.state.value
+    what: list[str | None] = []
+    if status.actor_name:
+        what.append(f"actor {status.actor_name}")
+    if state == "requested":
+        what.append("no worker has it yet")
+        if status.expires_at is not None:
+            what.append(f"expires in {_duration((status.expires_at - now).total_seconds())}")
+    elif state == "received":
+        if status.worker:
+            what.append(f"running on {status.worker}")
+        since = _since_request(status, status.received_at)
+        what.append(f"received {since}" if since else "received")
+    elif state == "skipped":
+        what += ["never started", _since_request(status, status.ended_at)]
+    elif state == "interrupted":
+        ended = status.ended_with
+        what.append("returned on its own" if ended == "returned" else f"ended with {ended}")
+        what.append(_since_request(status, status.ended_at))
+    elif state == "too_late":
+        what += ["too late to stop it", _since_request(status, status.ended_at)]
+    elif state == "expired" and status.expires_at is not None:
+        stamp = status.expires_at.strftime("%Y-%m-%d %H:%M:%S UTC")
+        what.append(f"no worker saw it before {stamp}")
+    tail = ", ".join(part for part in what if part)
+    return f"{head}; {tail}" if tail else head
+
+
+def _print_lines(ids: list[str], statuses: list[AbortStatus | None]) -> None:
+    width = max(len(i) for i in ids)
+    now = datetime.now(timezone.utc)
+    for message_id, status in zip(ids, statuses, strict=True):
+        if status is None:
+            state, details = "unknown", "no abort status: never requested, or it has expired"
+        else:
+            state, details = status.state.value, _details(status, now)
+        print(f"{message_id:<{width}}  {state:<11}  ({details})")
+
+
+def _report(args: argparse.Namespace, ids: list[str], statuses: list[AbortStatus | None]) -> int:
+    if args.json:
+        _print_json(ids, statuses)
+    else:
+        _print_lines(ids, statuses)
+    return _exit_status(statuses, waited=args.wait is not None)
+
+
+def _guarded(run: Handler) -> Handler:
+    """Have ``run`` print its failures as one line on stderr and exit with their status."""
+
+    def handler(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except _Failure as failure:
+            _error(str(failure))
+            return failure.code
+        except KeyboardInterrupt:
+            _error("interrupted")
+            return EXIT_INTERRUPTED
+
+    return handler
+
+
+# -- abort ---------------------------------------------------------------------
+
+
+def _run_abort(args: argparse.Namespace) -> int:
+    from . import BackendUnavailableError
+    from ._request import check_reason, to_ms
+
+    ids = _check_ids(args.message_ids)
+    try:  # checked before anything is sent, so a bad value aborts nothing
+        ttl = None if args.ttl is None else to_ms(args.ttl, "--ttl", allow_zero=False)
+        timeout = None if args.timeout is None else to_ms(args.timeout, "--timeout")
+        reason = check_reason(args.reason)
+    except (TypeError, ValueError) as exc:
+        raise _Failure(str(exc), EXIT_USAGE) from exc
+    middleware = _middleware(args)
+    try:
+        done: list[str] = []
+        for message_id in ids:
+            # Without --timeout, abort_timeout is left out: the actor's own grace.
+            grace = {} if timeout is None else {"abort_timeout": timeout}
+            try:
+                middleware.abort(message_id, abort_ttl=ttl, mode=args.mode, reason=reason, **grace)
+            except (TypeError, ValueError) as exc:
+                raise _Failure(str(exc), EXIT_USAGE) from exc
+            except BackendUnavailableError as exc:
+                sent = f" (already requested: {', '.join(done)})" if done else ""
+                raise _Failure(f"{exc}{sent}", EXIT_ERROR) from exc
+            done.append(message_id)
+            if args.wait is None and not args.json:
+                extra = [f"reason: {reason}"] if reason else []
+                if timeout is not None:
+                    extra.append(f"grace {timeout} ms")
+                suffix = f" ({', '.join(extra)})" if extra else ""
+                print(f"requested {args.mode} of {message_id}{suffix}", flush=True)
+        if args.wait is not None:
+            return _report(args, ids, _wait(middleware, ids, args.wait))
+        if args.json:
+            _print_json(ids, _read(middleware, ids))
+        return EXIT_OK
+    finally:
+        _close(middleware)
+
+
+def _add_abort(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "abort",
+        parents=[_common_options()],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="request the abort (or cancel) of messages by id",
+        description=_wrap(
+            "Request the abort of each message: a worker skips it if it has not started, "
+            "and (mode abort) raises Abort in it if it is running.  With --wait, wait for "
+            "what became of each and print its status."
+        ),
+        epilog=(
+            "examples:\n"
+            "  dramatiq-abort abort 8f3c2a1e-... --reason 'user left' --wait 10\n"
+            "  DRAMATIQ_ABORT_URL=redis://localhost:6379/0 "
+            "dramatiq-abort abort ID1 ID2 --mode cancel --json\n\n" + _EXIT_STATUS
+        ),
+    )
+    parser.add_argument("message_ids", nargs="+", metavar="ID", help="the id of a message")
+    parser.add_argument(
+        "--mode",
+        choices=["abort", "cancel"],
+        default="abort",
+        help="abort: stop it queued or running; cancel: only if it has not started "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_number,
+        metavar="MS",
+        help="grace in milliseconds before a running message gets Abort "
+        "(default: the actor's own abort_timeout, else none)",
+    )
+    parser.add_argument(
+        "--ttl",
+        type=_number,
+        metavar="MS",
+        help="milliseconds the request stays valid for a message that has not started "
+        "(default: 90000)",
+    )
+    parser.add_argument("--reason", metavar="TEXT", help="why, shown in the status and the Abort")
+    parser.add_argument(
+        "--wait",
+        type=_seconds,
+        metavar="SECONDS",
+        help="then wait up to SECONDS (all ids together) for each final state, and print it",
+    )
+    parser.set_defaults(handler=_guarded(_run_abort))
+
+
+# -- status --------------------------------------------------------------------
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    ids = _check_ids(args.message_ids)
+    middleware = _middleware(args)
+    try:
+        if args.wait is None:
+            statuses = _read(middleware, ids)
+        else:
+            statuses = _wait(middleware, ids, args.wait)
+        return _report(args, ids, statuses)
+    finally:
+        _close(middleware)
+
+
+def _add_status(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "status",
+        parents=[_common_options()],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="show where the abort of messages stands",
+        description=_wrap(
+            "Print the abort status of each message: requested, received (running, in its "
+            "grace), or final: skipped, interrupted, too_late, expired.  All ids are read in "
+            "one round trip."
+        ),
+        epilog=(
+            "examples:\n"
+            "  dramatiq-abort status 8f3c2a1e-...\n"
+            "  dramatiq-abort status ID1 ID2 --wait 30 --json "
+            "--url redis://localhost:6379/0\n\n" + _EXIT_STATUS
+        ),
+    )
+    parser.add_argument("message_ids", nargs="+", metavar="ID", help="the id of a message")
+    parser.add_argument(
+        "--wait",
+        type=_seconds,
+        metavar="SECONDS",
+        help="wait up to SECONDS until every state is final",
+    )
+    parser.set_defaults(handler=_guarded(_run_status))
+
+
 #: Functions that each add one subcommand.
 _COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _add_demo,
+    _add_abort,
+    _add_status,
 ]
 
 
@@ -55,6 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=_prog(),
         description="Cancel queued and abort running dramatiq messages.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run a command with --help for its options.\n\n" + _EXIT_STATUS,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
@@ -71,8 +518,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: The arguments after the program name; ``None`` reads ``sys.argv``.
 
     Returns:
-        The exit status: 0 on success.  A usage error exits with status 2
-        (raised by :mod:`argparse` as ``SystemExit``).
+        The exit status: 0 on success, 1 on an error, 2 on a usage error
+        (argparse's own are raised as ``SystemExit``), 3 when an id has no
+        status, 4 when ``--wait`` ran out; see the module's docstring.
 
     """
     args = build_parser().parse_args(argv)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -213,12 +214,36 @@ class AbortHandle:
             BackendUnavailableError: The backend could not be reached.
 
         """
-        deadline = time.monotonic() + to_ms(timeout, "timeout") / 1000
-        pause = _WAIT_FIRST
-        while True:
-            status = self.status()
-            left = deadline - time.monotonic()
-            if status is None or status.final or left <= 0:
-                return status
-            time.sleep(min(pause, left))
-            pause = min(pause * 2, _WAIT_MAX)
+        seconds = to_ms(timeout, "timeout") / 1000
+        return wait_final(self._middleware.abort_statuses, [self.message_id], seconds)[0]
+
+
+def _settled(status: AbortStatus | None, wait_unknown: bool) -> bool:
+    return status.final if status is not None else not wait_unknown
+
+
+def wait_final(
+    read: Callable[[list[str]], list[AbortStatus | None]],
+    message_ids: list[str],
+    seconds: float,
+    *,
+    wait_unknown: bool = False,
+) -> list[AbortStatus | None]:
+    """Read statuses with ``read`` until each is final or ``seconds`` ran out (one deadline).
+
+    An id without a status counts as final unless ``wait_unknown`` (its
+    request may not have been made yet).  The backend pushes no status
+    change to clients, so this polls, 5 ms apart at first and 100 ms at most.
+    """
+    deadline = time.monotonic() + seconds
+    latest: dict[str, AbortStatus | None] = {}
+    pending = list(message_ids)
+    pause = _WAIT_FIRST
+    while True:
+        latest.update(zip(pending, read(pending), strict=True))
+        pending = [i for i in pending if not _settled(latest[i], wait_unknown)]
+        left = deadline - time.monotonic()
+        if not pending or left <= 0:
+            return [latest[i] for i in message_ids]
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, _WAIT_MAX)

@@ -75,7 +75,11 @@ def test_demo_help() -> None:
 @pytest.mark.parametrize(
     ("args", "error"),
     [
-        (["frobnicate"], "argument COMMAND: invalid choice: 'frobnicate' (choose from 'demo')"),
+        (
+            ["frobnicate"],
+            "argument COMMAND: invalid choice: 'frobnicate' "
+            "(choose from 'demo', 'abort', 'status')",
+        ),
         ([], "the following arguments are required: COMMAND"),
     ],
 )

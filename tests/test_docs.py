@@ -170,9 +170,9 @@ class Outcomes(Middleware):
 
 
 def is_abort_call(node: ast.stmt) -> bool:
-    """Whether a top-level statement is a call of ``abort(...)``."""
+    """Whether a top-level statement is a call of ``abort(...)``, its value kept or not."""
     return (
-        isinstance(node, ast.Expr)
+        isinstance(node, (ast.Expr, ast.Assign))
         and isinstance(node.value, ast.Call)
         and isinstance(node.value.func, ast.Name)
         and node.value.func.id == "abort"
@@ -423,6 +423,61 @@ def test_readme_runs(
 ReadmeDriver = Callable[[Env, str, pytest.CaptureFixture[str], ChildListener], None]
 
 
+def readme_console(heading: str) -> list[str]:
+    """The ``$ `` lines of the README's console block under ``heading``."""
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index(f"### {heading}\n") :]
+    block = section[section.index("```console\n") + len("```console\n") :]
+    block = block[: block.index("```")]
+    return [line[2:] for line in block.splitlines() if line.startswith("$ ")]
+
+
+def test_readme_command_line_runs(
+    redis_broker: Broker, redis_base_url: str, start_worker: Callable[..., Worker]
+) -> None:
+    """The README's command-line example aborts a running message and reads its status.
+
+    The lines run as written in one shell, with ``MESSAGE_ID`` set and the
+    URL of the ``export`` line pointed at the tests' database.
+    """
+    import json
+    import os
+
+    from conftest import Hold
+
+    url = f"{redis_base_url}/{BACKEND_DB}"
+    backend = backends.RedisBackend.from_url(url, namespace=REFERENCE_NAMESPACE)
+    redis_broker.add_middleware(Abortable(backend=backend))
+    hold = Hold()
+
+    @dramatiq.actor(broker=redis_broker, queue_name="readme-cli", max_retries=0)
+    def long_job() -> None:
+        hold.run("job")
+
+    lines = readme_console("Command line")
+    assert lines[0].startswith("export DRAMATIQ_ABORT_URL=redis://")
+    script = "\n".join(["set -e", f"export DRAMATIQ_ABORT_URL={url}", *lines[1:]])
+    start_worker(redis_broker)
+    message = long_job.send()
+    try:
+        hold.wait("started", "job")
+        env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL",)}
+        env["MESSAGE_ID"] = message.message_id
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        result = subprocess.run(
+            ["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+        hold.wait("ended", "job")
+        assert hold.outcome["job"] == "aborted"
+        statuses = json.loads(result.stdout[result.stdout.index("[") :])
+        assert statuses[0]["state"] == "interrupted"
+        assert statuses[0]["reason"] == "user left"
+    finally:
+        delete_keys_of(backend.client, REFERENCE_NAMESPACE, [message.message_id])
+        backend.client.close()
+
+
 def drive_setup(env: Env, code: str, capsys: Any, child: ChildListener) -> None:
     """Set up: the broker gets an Abortable on a RedisBackend from REDIS_URL."""
     run_snippet(code, env.namespace, filename="README: Set up")
@@ -472,6 +527,20 @@ def drive_graceful(env: Env, code: str, capsys: Any, child: ChildListener) -> No
     assert ending.at - env.marks["abort"] < 2.0
     assert env.outcomes.wait_settled(message_id) == "ack"
     assert re.search(r"export: stopping cleanly after \d+ rows", capsys.readouterr().out)
+
+
+def drive_outcome(env: Env, code: str, capsys: Any, child: ChildListener) -> None:
+    """Follow the outcome: the running message is interrupted, and the status says why."""
+
+    def running() -> None:
+        env.outcomes.wait_started(env.outcomes.last_sent())
+
+    run_snippet(code, env.namespace, before_abort=running, filename="README: Outcome")
+    message_id = env.namespace["message"].message_id
+    assert isinstance(env.outcomes.wait_ended(message_id).exception, Abort)
+    assert "crunch: interrupted, reason: user left\n" in capsys.readouterr().out
+    status = env.namespace["status"]
+    assert status.final and status.ended_with == "Abort"
 
 
 def drive_actor_grace(env: Env, code: str, capsys: Any, child: ChildListener) -> None:
@@ -580,6 +649,7 @@ README_DRIVERS: dict[str, ReadmeDriver] = {
     "Abort a message": drive_abort,
     "Cancel a queued message": drive_cancel,
     "Stop gracefully": drive_graceful,
+    "Say why, and follow the outcome": drive_outcome,
     "Grace and cleanup per actor": drive_actor_grace,
     "Checkpoints and cleanup in a block": drive_scope,
     "Critical sections": drive_shield,

@@ -24,23 +24,13 @@ property test checks that both agree.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from ._request import MAX_MS, MAX_STAMP
+from ._request import MAX_MS, stored_number
 
 __all__ = ["MERGE_LUA", "merge_params"]
 
 _MODES = ("abort", "cancel")
-
-
-def _number(value: Any) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and -MAX_STAMP < value < MAX_STAMP
-    )
 
 
 def _valid(params: Any) -> bool:
@@ -50,13 +40,13 @@ def _valid(params: Any) -> bool:
     if not isinstance(mode, str) or mode.lower() not in _MODES:
         return False
     timeout = params.get("abort_timeout", 0)
-    if timeout is not None and not (_number(timeout) and 0 <= timeout <= MAX_MS):
+    if timeout is not None and not (stored_number(timeout) and 0 <= timeout <= MAX_MS):
         return False
     reason = params.get("reason")
     if reason is not None and not isinstance(reason, str):
         return False
     return all(
-        params.get(name) is None or _number(params[name])
+        params.get(name) is None or stored_number(params[name])
         for name in ("requested_at", "actor_grace_from")
     )
 

@@ -61,7 +61,7 @@ class Outcomes:
         self._cond = threading.Condition(threading.Lock())
         self._pending: collections.deque[StatusUpdate] = collections.deque()
         self._thread: threading.Thread | None = None
-        self._stopping = False
+        self._stop = threading.Event()
         self._dropped = 0
         self._last_warning = 0.0
 
@@ -75,6 +75,8 @@ class Outcomes:
         queue: str,
         grace_ms: float,
         received_at: float | None,
+        *,
+        live: bool = True,
     ) -> None:
         """The running message got the request (at ``received_at``); ``Abort`` in ``grace_ms``."""
         self._logger.info(
@@ -85,7 +87,9 @@ class Outcomes:
         )
         _metrics.outcome(queue, actor, request.mode, RECEIVED)
         received_ms = _ms(received_at)
-        if request.requested_at is not None:
+        if live and request.requested_at is not None:
+            # Not for a request read back after a reconnect: its (merged,
+            # earliest) stamp would not measure a delivery.
             _metrics.delivered(queue, actor, max(0.0, received_ms - request.requested_at))
         self._put(
             update(
@@ -184,18 +188,27 @@ class Outcomes:
     def _put(self, change: StatusUpdate) -> None:
         if not self.stored:
             return
+        dropped = False
         with self._cond:
             if len(self._pending) >= _MAX_PENDING:
                 self._pending.popleft()
                 self._dropped += 1
+                dropped = True
             self._pending.append(change)
             if self._thread is None or not self._thread.is_alive():
-                self._stopping = False
+                # One stop event per thread: a new writer never revives an old one
+                # that stop() gave up waiting for.
+                self._stop = threading.Event()
                 self._thread = threading.Thread(
-                    target=self._run, name="dramatiq-abort-outcomes", daemon=True
+                    target=self._run,
+                    args=(self._stop,),
+                    name="dramatiq-abort-outcomes",
+                    daemon=True,
                 )
                 self._thread.start()
             self._cond.notify()
+        if dropped:
+            self._warn(f"more than {_MAX_PENDING} waiting to be written")
 
     def flush(self, timeout: float = 2.0) -> bool:
         """Wait up to ``timeout`` seconds for every queued update to be written."""
@@ -212,23 +225,32 @@ class Outcomes:
         """Write what is queued (for up to ``timeout`` seconds), then stop the writer."""
         self.flush(timeout)
         with self._cond:
-            self._stopping = True
+            self._stop.set()
             thread, self._thread = self._thread, None
+            lost = len(self._pending)
+            self._pending.clear()
             self._cond.notify_all()
+        if lost:
+            self._logger.warning(
+                "Stopping with %d abort status updates not written (the event backend "
+                "did not take them within %g s).",
+                lost,
+                timeout,
+            )
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
         pause = _RETRY_FIRST
         while True:
             with self._cond:
-                while not self._pending and not self._stopping:
+                while not self._pending and not stop.is_set():
                     self._cond.wait()
-                if self._stopping:
+                if stop.is_set():
                     return
                 batch = [self._pending[i] for i in range(min(_BATCH, len(self._pending)))]
             try:
-                self._backend.update_status(batch)
+                self._write(batch)
             except Exception as exc:
                 self._warn(exc)
                 with self._cond:
@@ -243,16 +265,34 @@ class Outcomes:
                         self._pending.popleft()
                 self._cond.notify_all()
 
-    def _warn(self, exc: Exception) -> None:
+    def _write(self, batch: list[StatusUpdate]) -> None:
+        """Write ``batch``; an update the backend refuses as such is dropped, not retried."""
+        try:
+            self._backend.update_status(batch)
+        except (TypeError, ValueError) as exc:  # UnicodeError too: a bad update, not an outage
+            if len(batch) == 1:
+                self._logger.warning(
+                    "Dropping an abort status update the event backend refused: %r (%s: %s)",
+                    batch[0],
+                    type(exc).__name__,
+                    exc,
+                )
+                return
+            for change in batch:  # find the bad one; the rest go through
+                self._write([change])
+
+    def _warn(self, cause: object) -> None:
+        """Warn about failing writes or dropped updates, at most every ``_WARN_EVERY`` s."""
         now = time.monotonic()
         if now - self._last_warning < _WARN_EVERY:
             return
         self._last_warning = now
+        if isinstance(cause, Exception):
+            cause = f"{type(cause).__name__}: {cause}"
         self._logger.warning(
-            "Could not record abort outcomes in the event backend (%s: %s); "
-            "retrying. %d queued, %d dropped so far.",
-            type(exc).__name__,
-            exc,
+            "Could not record abort outcomes in the event backend (%s); "
+            "%d queued, %d dropped so far (oldest first).",
+            cause,
             len(self._pending),
             self._dropped,
         )

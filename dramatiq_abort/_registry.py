@@ -49,7 +49,7 @@ PENDING, STARTED, ENTERED, LEFT = range(4)
 #: Outcomes of a delivery attempt.
 DELIVERED, RETRY, NOTHING = range(3)
 #: What a request did to the message here (see Registry.request).
-NOT_HERE, WILL_SKIP, RECEIVED, TOO_LATE, UNCHANGED = range(5)
+NOT_HERE, WILL_SKIP, RECEIVED, TOO_LATE, UNCHANGED, LATE = range(6)
 #: How many finished messages the registry remembers, to tell a request that came too late.
 FINISHED_LIMIT = 10_000
 
@@ -75,6 +75,7 @@ class _Running:
         "held",
         "hooks",
         "is_async",
+        "late",
         "message_id",
         "queue_name",
         "received_at",
@@ -102,6 +103,7 @@ class _Running:
         self.state = PENDING
         self.request: AbortRequest | None = None
         self.received_at: float | None = None  # time.time() when the first request landed
+        self.late: AbortRequest | None = None  # came after the code returned: the end decides
         self.deadline: float | None = None  # time.monotonic() at which Abort is due
         self.delivered = False
         self.fired = False
@@ -171,8 +173,20 @@ class Registry:
             entry.state = STARTED
             return True
 
-    def unregister(self, entry: _Running) -> None:
-        """Forget a message whose processing is over."""
+    def unregister(
+        self, entry: _Running, *, succeeded: bool = False
+    ) -> tuple[AbortRequest | None, AbortRequest | None]:
+        """Forget a message whose processing is over (``succeeded``: ended without an exception).
+
+        A message that succeeded without a request is remembered (the last
+        :data:`FINISHED_LIMIT`), so a request that comes later is known to
+        be too late; one that failed may come back as a retry.
+
+        Returns:
+            The request the running message had received, if any, and one
+            that came after its code had returned (``LATE``), if any.
+
+        """
         with self._lock:
             if entry.switching:  # _leave was cut short by another exception
                 entry.switching = False
@@ -180,8 +194,11 @@ class Registry:
                 switch.running -= 1
                 if not switch.running:
                     switch.restore()
-            if entry.state != PENDING and entry.request is None:
+            received = entry.request if entry.state != PENDING else None
+            if succeeded and received is None:
                 finished = self._finished
+                if entry.message_id in finished:
+                    finished.move_to_end(entry.message_id)
                 finished[entry.message_id] = (entry.actor_name, entry.queue_name)
                 if len(finished) > FINISHED_LIMIT:
                     finished.popitem(last=False)
@@ -190,6 +207,7 @@ class Registry:
                 del self._by_id[entry.message_id]
             if self._by_thread.get(entry.thread_id) is entry:
                 del self._by_thread[entry.thread_id]
+            return received, entry.late
 
     def current(self) -> _Running | None:
         """Return the message the calling thread (or coroutine) is processing, if any.
@@ -303,8 +321,9 @@ class Registry:
             and what the request did: ``NOT_HERE`` (no such message
             registered), ``WILL_SKIP`` (it has not started and never will),
             ``RECEIVED`` (the running message has its first request),
-            ``TOO_LATE`` (its code has returned, or a cancel of a running
-            message) or ``UNCHANGED`` (a request came first).
+            ``TOO_LATE`` (a cancel of a running message), ``LATE`` (its
+            code has returned; :meth:`unregister` tells) or ``UNCHANGED``
+            (a request came first).
 
         """
         entry = self._by_id.get(request.message_id)
@@ -312,7 +331,13 @@ class Registry:
             return None, NOT_HERE
         with self._lock:
             if entry.state == LEFT:
-                return None, TOO_LATE if entry.request is None else UNCHANGED
+                if entry.request is not None:
+                    return None, UNCHANGED
+                # Its code has returned: too late if it succeeds, but a failed
+                # message may be retried, so unregister() decides.
+                if entry.late is None:
+                    entry.late = request
+                return None, LATE
             if entry.state == PENDING:
                 # It never starts now; keep the stronger request for the log line.
                 if entry.request is None or entry.request.mode is AbortMode.CANCEL:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -49,6 +50,16 @@ def coerce_mode(mode: object) -> AbortMode:
 MAX_MS = 10**12
 #: Wall-clock stamps (ms since the epoch) read back must lie within this bound.
 MAX_STAMP = 10**15
+
+
+def stored_number(value: Any) -> bool:
+    """Whether ``value`` read back from a backend is a finite number within ``MAX_STAMP``."""
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and -MAX_STAMP < value < MAX_STAMP
+    )
 
 
 def to_ms(value: object, name: str, *, allow_zero: bool = True) -> int:

@@ -20,19 +20,25 @@ rank   state            written by
 ``expires_at`` means no worker saw the request in time.
 
 Fields change by operation: ``set``, ``keep`` (set when absent), ``min``
-and ``max`` (numbers).  Requests (rank 0) always apply their fields but
-never move the state past a worker's; a worker's update of lower rank than
-the record's is ignored whole.  The rule exists twice, :func:`apply_update`
-for in-process backends and :data:`STATUS_LUA` for Redis; a test checks
-that both agree.
+and ``max`` (numbers), ``set_unless_abort`` (set unless the record's mode
+was ``abort`` before this update: a cancel's reason, as ``_merge`` keeps it).  Requests (rank 0)
+always apply their fields but never move the state past a worker's, with
+one exception: a request re-opens a ``too_late`` record (back to
+``requested``), because each request is judged anew (a cancel found too
+late for a running message, then an abort of it, must end ``interrupted``,
+and ``wait()`` must not return the cancel's verdict for the abort).  A
+worker's update of lower rank than the record's is ignored whole.  Values
+are strings, whole numbers within 10^14 (ms stamps) or null, which both
+rules store exactly (Lua's cjson keeps 14 significant digits).  The rule
+exists twice, :func:`apply_update` for in-process backends and
+:data:`STATUS_LUA` for Redis; a test checks that both agree.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from ._request import KEY_PREFIX, MAX_STAMP, AbortRequest
+from ._request import KEY_PREFIX, AbortRequest, stored_number
 from .events import Event, StatusUpdate
 
 REQUESTED, RECEIVED, TOO_LATE, SKIPPED, INTERRUPTED = (
@@ -46,7 +52,9 @@ REQUESTED, RECEIVED, TOO_LATE, SKIPPED, INTERRUPTED = (
 RANKS = {REQUESTED: 0, RECEIVED: 1, TOO_LATE: 2, SKIPPED: 3, INTERRUPTED: 3}
 #: Event keys of stored statuses are this prefix followed by the message id.
 STATUS_PREFIX = "status:"
-_OPS = ("set", "keep", "min", "max")
+_OPS = ("set", "keep", "min", "max", "set_unless_abort")
+#: The largest whole number a status field holds exactly in both rules.
+_MAX_VALUE = 10**14
 
 
 def status_key(message_id: str) -> str:
@@ -68,25 +76,17 @@ def request_update(event: Event, ttl: int) -> StatusUpdate | None:
     if request is None:
         return None
     requested_at = round(request.requested_at) if request.requested_at is not None else None
+    is_abort = request.mode.value == "abort"
     changes: dict[str, tuple[str, Any]] = {
         # abort beats cancel, as in the request itself
-        "mode": ("set", "abort") if request.mode.value == "abort" else ("keep", "cancel"),
+        "mode": ("set", "abort") if is_abort else ("keep", "cancel"),
     }
     if request.reason is not None:
-        changes["reason"] = ("set", request.reason)
+        changes["reason"] = ("set" if is_abort else "set_unless_abort", request.reason)
     if requested_at is not None:
         changes["requested_at"] = ("min", requested_at)
         changes["expires_at"] = ("max", requested_at + ttl)
     return StatusUpdate(request.message_id, REQUESTED, 0, changes)
-
-
-def _number(value: Any) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and -MAX_STAMP < value < MAX_STAMP
-    )
 
 
 def apply_update(record: Any, change: StatusUpdate) -> dict[str, Any] | None:
@@ -96,17 +96,22 @@ def apply_update(record: Any, change: StatusUpdate) -> dict[str, Any] | None:
     rank = rank if isinstance(rank, int) and not isinstance(rank, bool) else -1
     if 0 < change.rank < rank:
         return None
+    was_abort = current.get("mode") == "abort"  # before this update: order-free
     for name, (op, value) in change.changes.items():
         old = current.get(name)
         if (
             op == "set"
             or (op == "keep" and old is None)
-            or (op in ("min", "max") and not _number(old))
+            or (op == "set_unless_abort" and not was_abort)
+            or (op in ("min", "max") and not stored_number(old))
             or (op == "min" and value < old)
             or (op == "max" and value > old)
         ):
             current[name] = value
-    if change.rank >= rank:
+    reopen = change.rank == 0 and current.get("state") == TOO_LATE
+    if reopen:
+        current.pop("ended_at", None)
+    if change.rank >= rank or reopen:
         current["rank"] = change.rank
         current["state"] = change.state
     return current
@@ -125,8 +130,20 @@ def check_update(change: Any) -> StatusUpdate:
         raise ValueError(msg)
     for name, op_value in change.changes.items():
         op, value = op_value
-        if op not in _OPS or (op in ("min", "max") and not _number(value)):
-            msg = f"status field {name!r} must change by set, keep, min or max, not {op_value!r}"
+        if op not in _OPS:
+            msg = f"status field {name!r} must change by {', '.join(_OPS)}, not {op_value!r}"
+            raise ValueError(msg)
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        if (op in ("min", "max") and not whole) or not (
+            value is None or isinstance(value, str) or whole
+        ):
+            msg = (
+                f"status field {name!r} must hold a string, a whole number or None "
+                f"(min and max: a whole number), not {op_value!r}"
+            )
+            raise ValueError(msg)
+        if whole and not -_MAX_VALUE < value < _MAX_VALUE:
+            msg = f"status field {name!r} must be within 10**14, not {op_value!r}"
             raise ValueError(msg)
     return change
 
@@ -148,16 +165,20 @@ if change.rank > 0 and change.rank < rank then return 0 end
 local function number(v)
   return type(v) == 'number' and v == v and v > -1e15 and v < 1e15  -- MAX_STAMP
 end
+local was_abort = record.mode == 'abort'
 for name, op_value in pairs(change.changes) do
   local op, value, old = op_value[1], op_value[2], record[name]
   if old == cjson.null then old = nil end
   if op == 'set' or (op == 'keep' and old == nil)
+      or (op == 'set_unless_abort' and not was_abort)
       or ((op == 'min' or op == 'max') and not number(old))
       or (op == 'min' and value < old) or (op == 'max' and value > old) then
     record[name] = value
   end
 end
-if change.rank >= rank then
+local reopen = change.rank == 0 and record.state == 'too_late'
+if reopen then record.ended_at = nil end
+if change.rank >= rank or reopen then
   record.rank = change.rank
   record.state = change.state
 end

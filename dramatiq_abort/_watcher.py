@@ -257,13 +257,11 @@ class Watcher:
                     running.queue_name,
                     registry.remaining_ms(running) or 0.0,
                     running.received_at,
+                    live=not resync,
                 )
-            elif running is not None and verdict == TOO_LATE:
+            elif running is not None and verdict == TOO_LATE:  # a cancel of a running message
                 self._outcomes.too_late(
-                    request,
-                    running.actor_name,
-                    running.queue_name,
-                    running=request.mode is AbortMode.CANCEL,
+                    request, running.actor_name, running.queue_name, running=True
                 )
 
     def resync(self) -> None:

@@ -217,13 +217,16 @@ class Abortable(Middleware):
             actor.options.get("abort_timeout") or 0,
             self.cleanup_timeout / 1000,
             actor.actor_name,
-            message.queue_name,
+            # The actor's, not message.queue_name: MessageProxy's __getattr__
+            # costs a microsecond on every message, and they are the same
+            # (a delayed message is processed from its actor's queue).
+            actor.queue_name,
         )
         if self._watcher.healthy or not self._watcher.running:
             entry.checked = self._check_backend(entry, broker)
         if not self._registry.start(entry):
             self._outcomes.skipped(
-                message.message_id, entry.request, actor.actor_name, message.queue_name
+                message.message_id, entry.request, actor.actor_name, actor.queue_name
             )
             message.fail()
             raise SkipMessage(f"message {message.message_id} was aborted before it started")
@@ -310,17 +313,18 @@ class Abortable(Middleware):
         entry = self._registry.current_thread_entry()
         if entry is None or entry.message_id != message.message_id:
             return
-        received = entry.request is not None and entry.state != PENDING
-        self._registry.unregister(entry)
-        if received and entry.request is not None:
+        received, late = self._registry.unregister(entry, succeeded=exception is None)
+        if received is not None:
             self._outcomes.ended(
                 entry.message_id,
-                entry.request,
+                received,
                 entry.actor_name,
                 entry.queue_name,
                 exception,
                 entry.received_at,
             )
+        elif late is not None and exception is None:
+            self._outcomes.too_late(late, entry.actor_name, entry.queue_name, running=False)
 
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         """Forget a skipped message; give it an ``Abort`` as its error, for ``Results``."""
@@ -328,20 +332,19 @@ class Abortable(Middleware):
         if entry is None or entry.message_id != message.message_id:
             return
         request = entry.request
-        pending = entry.state == PENDING
-        if pending and request is not None and message.failed:
+        if entry.state == PENDING and request is not None and message.failed:
             # dramatiq stuffed our SkipMessage into it; Results stores this instead.
             what = "cancelled" if request.mode is AbortMode.CANCEL else "aborted"
             text = describe(message.message_id, f"{what} before it started", request.reason)
             message.stuff_exception(
                 Abort(text, reason=request.reason, message_id=message.message_id)
             )
-        self._registry.unregister(entry)
-        if not pending and request is not None:
+        received, _ = self._registry.unregister(entry)
+        if received is not None:
             # Another middleware skipped it after it had received a request.
             self._outcomes.ended(
                 entry.message_id,
-                request,
+                received,
                 entry.actor_name,
                 entry.queue_name,
                 SkipMessage(),
@@ -374,7 +377,7 @@ class Abortable(Middleware):
             raise  # a bad argument, not an outage
         except Exception as exc:
             what = f"record the abort of message {message_id!r}"
-            raise _unavailable(what, exc, "nothing was sent") from exc
+            raise _unavailable(what, exc, "it may not have been recorded") from exc
         self.logger.info(
             "Requested %s of message %s%s.",
             mode.value,

@@ -204,10 +204,17 @@ def test_bad_updates_are_refused(
 
 
 _states = st.sampled_from(list(RANKS))
+_numbers = st.integers(-(10**14) + 1, 10**14 - 1)
 _fields = st.dictionaries(
-    st.sampled_from(["worker", "ended_at", "received_at", "reason", "n"]),
-    st.tuples(st.sampled_from(["set", "keep", "min", "max"]), st.integers(0, 2_000_000_000_000)),
-    max_size=3,
+    st.sampled_from(["worker", "ended_at", "received_at", "reason", "mode", "n"]),
+    st.one_of(
+        st.tuples(st.sampled_from(["min", "max"]), _numbers),
+        st.tuples(
+            st.sampled_from(["set", "keep", "set_unless_abort"]),
+            st.one_of(st.none(), _numbers, st.sampled_from(["abort", "cancel", "été ✓", ""])),
+        ),
+    ),
+    max_size=4,
 )
 _updates = st.builds(
     lambda state, fields: StatusUpdate("m", state, RANKS[state], fields), _states, _fields
@@ -222,7 +229,12 @@ _updates = st.builds(
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
-    first=st.one_of(st.none(), st.just("garbage"), st.just({"rank": "x"})),
+    first=st.one_of(
+        st.none(),
+        st.just("garbage"),
+        st.just({"rank": "x"}),
+        st.just({"rank": 2, "state": "too_late", "ended_at": 5, "mode": "abort"}),
+    ),
     rest=st.lists(_updates, min_size=1, max_size=5),
 )
 def test_lua_and_python_status_rules_agree(
@@ -446,3 +458,146 @@ def test_status_to_dict_is_json(
     data = json.loads(json.dumps(status.to_dict()))
     assert data["state"] == "requested" and data["mode"] == "cancel" and not data["final"]
     assert datetime.fromisoformat(data["requested_at"]).tzinfo is not None
+
+
+class _GatedBackend(backends.StubBackend):
+    """The in-memory backend, whose status writes wait until the test opens a gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.writing = threading.Event()
+
+    def update_status(self, updates: Iterable[StatusUpdate]) -> None:
+        """Wait for the gate, then write."""
+        self.writing.set()
+        assert self.gate.wait(WAIT), "the test never opened the gate"
+        super().update_status(updates)
+
+
+def test_the_writer_keeps_the_newest_updates_and_says_it_dropped(
+    monkeypatch: pytest.MonkeyPatch, log_watch: LogWatch
+) -> None:
+    """Past its bound the writer drops the oldest waiting updates, warns, and writes the rest."""
+    from dramatiq_abort import _outcomes
+
+    monkeypatch.setattr(_outcomes, "_MAX_PENDING", 5)
+    backend = _GatedBackend()
+    outcomes = _outcomes.Outcomes(backend)
+    outcomes._put(_update("skipped", "first"))
+    assert backend.writing.wait(WAIT)  # the writer holds "first", in flight
+    for i in range(8):
+        outcomes._put(_update("skipped", f"m{i}"))
+    backend.gate.set()
+    assert outcomes.flush(WAIT)
+    outcomes.stop()
+    kept = backend.read_status(["first", *(f"m{i}" for i in range(8))])
+    assert [record is not None for record in kept] == [True] + [False] * 3 + [True] * 5
+    assert log_watch.count("more than 5 waiting to be written") == 1
+
+
+def test_a_cancel_after_an_abort_leaves_the_reason(event_backend: EventBackend) -> None:
+    """The status keeps the abort's reason when a later cancel loses to it, as the request does."""
+    _request(event_backend, "m", mode="abort", reason="abort reason")
+    _request(event_backend, "m", mode="cancel", reason="cancel reason")
+    [record] = event_backend.read_status(["m"])
+    stored = event_backend.poll("abort:m")
+    assert record is not None and stored is not None
+    assert record["reason"] == stored.params["reason"] == "abort reason"
+
+
+def test_a_new_request_reopens_too_late(event_backend: EventBackend) -> None:
+    """A request after a too-late verdict is judged anew: the record reads requested again."""
+    _request(event_backend, "m", mode="cancel")
+    event_backend.update_status([_update("too_late", ended_at=7)])
+    _request(event_backend, "m")
+    [record] = event_backend.read_status(["m"])
+    assert record is not None
+    assert record["state"] == "requested" and "ended_at" not in record
+
+
+def test_an_abort_after_a_cancel_came_too_late_interrupts(
+    broker: dramatiq.Broker, queue_name: str, start_worker: StartWorker, runs: Runs
+) -> None:
+    """Cancel a running message (too late), then abort it: the abort's wait says interrupted."""
+    work = runs.actor(broker, queue_name)
+    start_worker(broker)
+    message = work.send()
+    assert runs.started.wait(WAIT)
+    cancelled = abort(message.message_id, mode="cancel").wait(WAIT * 1000)
+    assert cancelled is not None and cancelled.state is AbortState.TOO_LATE
+    status = abort(message.message_id, abort_timeout=200).wait(WAIT * 1000)
+    assert status is not None
+    assert (status.state, status.ended_with) == (AbortState.INTERRUPTED, "Abort")
+    assert runs.abort is not None
+
+
+def test_an_abort_during_a_retry_backoff_skips_the_retry(
+    broker: dramatiq.Broker, queue_name: str, start_worker: StartWorker
+) -> None:
+    """A failed message waiting for its retry is not 'too late': its retry is skipped."""
+    failed = threading.Event()
+    attempts: list[int] = []
+
+    @dramatiq.actor(
+        broker=broker, queue_name=queue_name, max_retries=1, min_backoff=1000, max_backoff=1000
+    )
+    def flaky() -> None:
+        attempts.append(1)
+        failed.set()
+        raise RuntimeError("first attempt fails")
+
+    worker = start_worker(broker)
+    message = flaky.send()
+    assert failed.wait(WAIT)
+    status = abort(message.message_id, reason="give up").wait(WAIT * 1000)
+    assert status is not None
+    assert status.state is AbortState.SKIPPED, status
+    join(broker, queue_name, worker)
+    assert attempts == [1]
+
+
+class _PickyBackend(backends.StubBackend):
+    """The in-memory backend, refusing (as a bad value) every update of message ``bad``."""
+
+    def update_status(self, updates: Iterable[StatusUpdate]) -> None:
+        """Refuse a batch holding ``bad``; write the others."""
+        batch = list(updates)
+        if any(change.message_id == "bad" for change in batch):
+            raise ValueError("refused")
+        super().update_status(batch)
+
+
+def test_a_refused_update_does_not_hold_up_the_others(log_watch: LogWatch) -> None:
+    """The writer drops an update the backend refuses and writes the rest of the batch."""
+    from dramatiq_abort._outcomes import Outcomes
+
+    backend = _PickyBackend()
+    outcomes = Outcomes(backend)
+    for name in ("a", "bad", "b"):
+        outcomes._put(_update("skipped", name))
+    assert outcomes.flush(WAIT)
+    outcomes.stop()
+    assert [r is not None for r in backend.read_status(["a", "bad", "b"])] == [True, False, True]
+    assert log_watch.count("Dropping an abort status update the event backend refused") == 1
+
+
+def test_a_writer_given_up_on_never_runs_beside_a_new_one() -> None:
+    """A writer stuck in a write when stop() gave up ends once it is free; a new one takes over."""
+    from dramatiq_abort._outcomes import Outcomes
+
+    backend = _GatedBackend()
+    outcomes = Outcomes(backend)
+    outcomes._put(_update("skipped", "stuck"))
+    assert backend.writing.wait(WAIT)
+    old = outcomes._thread
+    outcomes.stop(timeout=0.05)
+    outcomes._put(_update("skipped", "next"))
+    new = outcomes._thread
+    assert old is not None and new is not None and new is not old
+    backend.gate.set()
+    old.join(WAIT)
+    assert not old.is_alive()
+    assert outcomes.flush(WAIT)
+    outcomes.stop()
+    assert backend.read_status(["next"]) != [None]

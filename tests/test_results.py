@@ -14,7 +14,7 @@ import pytest
 from dramatiq import Worker
 from dramatiq.middleware import GroupCallbacks
 from dramatiq.rate_limits.backends import StubBackend as StubRateLimiterBackend
-from dramatiq.results import ResultBackend, ResultFailure, Results
+from dramatiq.results import ResultBackend, ResultFailure, Results, ResultTimeout
 from dramatiq.results.backends import RedisBackend as RedisResultBackend
 from dramatiq.results.backends import StubBackend as StubResultBackend
 
@@ -229,6 +229,9 @@ def test_aborting_a_running_pipeline_stage_stops_the_pipeline(
     with pytest.raises(ResultFailure) as failure:
         pipe.messages[0].get_result(backend=setup.results, block=True, timeout=RESULT_TIMEOUT)
     assert failure.value.orig_exc_type == "Abort"
+    # The pipeline's own result is its last stage's, which never ran.
+    with pytest.raises(ResultTimeout):
+        pipe.get_result(backend=setup.results, block=True, timeout=200)
 
 
 def test_cancelling_a_pending_pipeline_stage_stops_the_pipeline(

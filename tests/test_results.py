@@ -231,7 +231,7 @@ def test_aborting_a_running_pipeline_stage_stops_the_pipeline(
     assert failure.value.orig_exc_type == "Abort"
     # The pipeline's own result is its last stage's, which never ran.
     with pytest.raises(ResultTimeout):
-        pipe.get_result(backend=setup.results, block=True, timeout=200)
+        pipe.get_result(block=True, timeout=200)
 
 
 def test_cancelling_a_pending_pipeline_stage_stops_the_pipeline(

@@ -315,14 +315,7 @@ class Abortable(Middleware):
             return
         received, late = self._registry.unregister(entry, succeeded=exception is None)
         if received is not None:
-            self._outcomes.ended(
-                entry.message_id,
-                received,
-                entry.actor_name,
-                entry.queue_name,
-                exception,
-                entry.received_at,
-            )
+            self._ended(entry, received, exception)
         elif late is not None and exception is None:
             self._outcomes.too_late(late, entry.actor_name, entry.queue_name, running=False)
 
@@ -340,16 +333,20 @@ class Abortable(Middleware):
                 Abort(text, reason=request.reason, message_id=message.message_id)
             )
         received, _ = self._registry.unregister(entry)
-        if received is not None:
-            # Another middleware skipped it after it had received a request.
-            self._outcomes.ended(
-                entry.message_id,
-                received,
-                entry.actor_name,
-                entry.queue_name,
-                SkipMessage(),
-                entry.received_at,
-            )
+        if received is not None:  # another middleware skipped it after it received one
+            self._ended(entry, received, SkipMessage())
+
+    def _ended(
+        self, entry: _Running, received: AbortRequest, exception: BaseException | None
+    ) -> None:
+        self._outcomes.ended(
+            entry.message_id,
+            received,
+            entry.actor_name,
+            entry.queue_name,
+            exception,
+            entry.received_at,
+        )
 
     # -- client side ---------------------------------------------------------
 

@@ -85,6 +85,14 @@ class Runs:
 
         return work
 
+    def running(self, broker: dramatiq.Broker, queue_name: str, start: StartWorker) -> Any:
+        """Start a worker and one message of the actor; return it once it runs."""
+        work = self.actor(broker, queue_name)
+        start(broker)
+        message = work.send()
+        assert self.started.wait(WAIT)
+        return message
+
 
 @pytest.fixture
 def runs() -> Runs:
@@ -329,10 +337,7 @@ def test_an_aborted_message_is_interrupted_and_sees_the_reason(
     broker: dramatiq.Broker, queue_name: str, start_worker: StartWorker, runs: Runs
 ) -> None:
     """Abort while running: Abort.reason and the scope carry the reason; status interrupted."""
-    work = runs.actor(broker, queue_name)
-    start_worker(broker)
-    message = work.send()
-    assert runs.started.wait(WAIT)
+    message = runs.running(broker, queue_name, start_worker)
     status = abort(message.message_id, reason="disk full").wait(WAIT * 1000)
     assert status is not None
     assert status.state is AbortState.INTERRUPTED
@@ -350,10 +355,7 @@ def test_a_graceful_abort_is_received_then_interrupted(
     broker: dramatiq.Broker, queue_name: str, start_worker: StartWorker, runs: Runs
 ) -> None:
     """During the grace the status says received; an actor that returns then ends interrupted."""
-    work = runs.actor(broker, queue_name)
-    start_worker(broker)
-    message = work.send()
-    assert runs.started.wait(WAIT)
+    message = runs.running(broker, queue_name, start_worker)
     handle = abort(message.message_id, abort_timeout=timedelta(seconds=WAIT), reason="soon")
     deadline = time.monotonic() + WAIT
     while (status := handle.status()) is None or status.state is AbortState.REQUESTED:
@@ -520,10 +522,7 @@ def test_an_abort_after_a_cancel_came_too_late_interrupts(
     broker: dramatiq.Broker, queue_name: str, start_worker: StartWorker, runs: Runs
 ) -> None:
     """Cancel a running message (too late), then abort it: the abort's wait says interrupted."""
-    work = runs.actor(broker, queue_name)
-    start_worker(broker)
-    message = work.send()
-    assert runs.started.wait(WAIT)
+    message = runs.running(broker, queue_name, start_worker)
     cancelled = abort(message.message_id, mode="cancel").wait(WAIT * 1000)
     assert cancelled is not None and cancelled.state is AbortState.TOO_LATE
     status = abort(message.message_id, abort_timeout=200).wait(WAIT * 1000)

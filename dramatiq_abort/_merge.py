@@ -28,7 +28,7 @@ from typing import Any
 
 from ._request import MAX_MS, stored_number
 
-__all__ = ["MERGE_LUA", "merge_params"]
+__all__ = ["MERGE_FUNCTIONS", "MERGE_LUA", "merge_params"]
 
 _MODES = ("abort", "cancel")
 
@@ -95,12 +95,11 @@ def _with_reason(merged: dict[str, Any], *latest_first: dict[str, Any]) -> dict[
     return {**merged, "reason": reason}
 
 
-#: The same rule as :func:`merge_params`, for Redis: ``KEYS[1]`` the request's
-#: key, ``ARGV[1]`` the new request (JSON), ``ARGV[2]`` its TTL in ms; the value
-#: is SET with the later of the two expiries.  Then, if ``ARGV[3]`` is not
-#: empty, ``ARGV[4]`` is published on channel ``ARGV[3]``.
-MERGE_LUA = """
-local function number(v)
+#: The same rule as :func:`merge_params`, for Redis, as Lua functions:
+#: ``store_request(key, value, ttl)`` SETs the new request (JSON), combined
+#: with one stored, with the later of the two expiries.
+MERGE_FUNCTIONS = """
+local function merge_number(v)
   return type(v) == 'number' and v == v and v > -1e15 and v < 1e15  -- MAX_STAMP
 end
 local function valid(p)
@@ -108,7 +107,7 @@ local function valid(p)
   local mode = string.lower(p.mode)
   if mode ~= 'abort' and mode ~= 'cancel' then return false end
   local t = p.abort_timeout
-  if t ~= nil and t ~= cjson.null and not (number(t) and t >= 0 and t <= 1e12) then  -- MAX_MS
+  if t ~= nil and t ~= cjson.null and not (merge_number(t) and t >= 0 and t <= 1e12) then  -- MAX_MS
     return false
   end
   if p.reason ~= nil and p.reason ~= cjson.null and type(p.reason) ~= 'string' then
@@ -116,7 +115,7 @@ local function valid(p)
   end
   for _, name in ipairs({'requested_at', 'actor_grace_from'}) do
     local v = p[name]
-    if v ~= nil and v ~= cjson.null and not number(v) then return false end
+    if v ~= nil and v ~= cjson.null and not merge_number(v) then return false end
   end
   return true
 end
@@ -171,19 +170,29 @@ local function merge(old, new)
   end
   return with_reason(merged, new, old)
 end
-local value = ARGV[1]
-local ttl = tonumber(ARGV[2])
-local raw = redis.pcall('GET', KEYS[1])
-if type(raw) == 'string' then
-  local ok, old = pcall(cjson.decode, raw)
-  if ok then
-    local merged = merge(old, cjson.decode(ARGV[1]))
-    if merged ~= nil then value = cjson.encode(merged) end
+local function store_request(key, value, ttl)
+  local raw = redis.pcall('GET', key)
+  if type(raw) == 'string' then
+    local ok, old = pcall(cjson.decode, raw)
+    if ok then
+      local merged = merge(old, cjson.decode(value))
+      if merged ~= nil then value = cjson.encode(merged) end
+    end
   end
+  local left = redis.call('PTTL', key)
+  if left > ttl then ttl = left end
+  redis.call('SET', key, value, 'PX', ttl)
 end
-local left = redis.call('PTTL', KEYS[1])
-if left > ttl then ttl = left end
-redis.call('SET', KEYS[1], value, 'PX', ttl)
+"""
+
+#: One request: ``KEYS[1]`` its key, ``ARGV[1]`` the request (JSON), ``ARGV[2]``
+#: its TTL in ms.  Then, if ``ARGV[3]`` is not empty, ``ARGV[4]`` is published
+#: on channel ``ARGV[3]``.
+MERGE_LUA = (
+    MERGE_FUNCTIONS
+    + """
+store_request(KEYS[1], ARGV[1], tonumber(ARGV[2]))
 if ARGV[3] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
 return 1
 """
+)

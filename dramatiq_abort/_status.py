@@ -148,43 +148,54 @@ def check_update(change: Any) -> StatusUpdate:
     return change
 
 
-#: :func:`apply_update` for Redis: ``KEYS[1]`` the record's key, ``ARGV[1]`` the
-#: update (JSON: rank, state, changes), ``ARGV[2]`` the least lifetime in ms
-#: (the record keeps a longer one it already has).  Returns 1 if it wrote.
-STATUS_LUA = """
-local change = cjson.decode(ARGV[1])
-local record = {}
-local raw = redis.pcall('GET', KEYS[1])
-if type(raw) == 'string' then
-  local ok, old = pcall(cjson.decode, raw)
-  if ok and type(old) == 'table' then record = old end
-end
-local rank = record.rank
-if type(rank) ~= 'number' or rank ~= math.floor(rank) then rank = -1 end
-if change.rank > 0 and change.rank < rank then return 0 end
-local function number(v)
+#: :func:`apply_update` for Redis, as a Lua function: ``apply_status(key,
+#: change, keep)`` applies ``change`` (JSON: rank, state, changes) to the record
+#: at ``key``, which then lives at least ``keep`` ms (a longer life it has is
+#: kept).  Returns 1 if it wrote.
+STATUS_FUNCTIONS = """
+local function status_number(v)
   return type(v) == 'number' and v == v and v > -1e15 and v < 1e15  -- MAX_STAMP
 end
-local was_abort = record.mode == 'abort'
-for name, op_value in pairs(change.changes) do
-  local op, value, old = op_value[1], op_value[2], record[name]
-  if old == cjson.null then old = nil end
-  if op == 'set' or (op == 'keep' and old == nil)
-      or (op == 'set_unless_abort' and not was_abort)
-      or ((op == 'min' or op == 'max') and not number(old))
-      or (op == 'min' and value < old) or (op == 'max' and value > old) then
-    record[name] = value
+local function apply_status(key, change_json, keep)
+  local change = cjson.decode(change_json)
+  local record = {}
+  local raw = redis.pcall('GET', key)
+  if type(raw) == 'string' then
+    local ok, old = pcall(cjson.decode, raw)
+    if ok and type(old) == 'table' then record = old end
   end
+  local rank = record.rank
+  if type(rank) ~= 'number' or rank ~= math.floor(rank) then rank = -1 end
+  if change.rank > 0 and change.rank < rank then return 0 end
+  local was_abort = record.mode == 'abort'
+  for name, op_value in pairs(change.changes) do
+    local op, value, old = op_value[1], op_value[2], record[name]
+    if old == cjson.null then old = nil end
+    if op == 'set' or (op == 'keep' and old == nil)
+        or (op == 'set_unless_abort' and not was_abort)
+        or ((op == 'min' or op == 'max') and not status_number(old))
+        or (op == 'min' and value < old) or (op == 'max' and value > old) then
+      record[name] = value
+    end
+  end
+  local reopen = change.rank == 0 and record.state == 'too_late'
+  if reopen then record.ended_at = nil end
+  if change.rank >= rank or reopen then
+    record.rank = change.rank
+    record.state = change.state
+  end
+  local left = redis.call('PTTL', key)
+  if left > keep then keep = left end
+  redis.call('SET', key, cjson.encode(record), 'PX', keep)
+  return 1
 end
-local reopen = change.rank == 0 and record.state == 'too_late'
-if reopen then record.ended_at = nil end
-if change.rank >= rank or reopen then
-  record.rank = change.rank
-  record.state = change.state
-end
-local keep = tonumber(ARGV[2])
-local left = redis.call('PTTL', KEYS[1])
-if left > keep then keep = left end
-redis.call('SET', KEYS[1], cjson.encode(record), 'PX', keep)
-return 1
 """
+
+#: One update: ``KEYS[1]`` the record's key, ``ARGV[1]`` the update (JSON),
+#: ``ARGV[2]`` the least lifetime in ms.
+STATUS_LUA = (
+    STATUS_FUNCTIONS
+    + """
+return apply_status(KEYS[1], ARGV[1], tonumber(ARGV[2]))
+"""
+)

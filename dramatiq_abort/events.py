@@ -122,6 +122,19 @@ class EventBackend(abc.ABC):
 
         """
 
+    def notify_many(self, batch: Iterable[tuple[Event, int]]) -> None:
+        """Signal events, each with its own TTL in milliseconds (optional).
+
+        Built-in backends store and announce the whole batch in one round
+        trip; the default calls :meth:`notify` once per distinct TTL, in
+        the order the TTLs first appear.
+        """
+        groups: dict[int, list[Event]] = {}
+        for event, ttl in batch:
+            groups.setdefault(ttl, []).append(event)
+        for ttl, events in groups.items():
+            self.notify(events, ttl)
+
     def poll_many(self, keys: Iterable[str]) -> list[Event]:
         """Return the signaled events among ``keys``.
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable
+from typing import Any
 
 import pytest
 
@@ -151,3 +153,76 @@ def test_garbage_values_are_ignored(redis_backend: EventBackend, redis_client: o
     assert redis_backend.poll_many(["abort:text", "abort:list", "abort:wrongtype"]) == []
     many = [f"abort:absent-{i}" for i in range(10)] + ["abort:wrongtype", "abort:text"]
     assert redis_backend.poll_many(many) == []
+
+
+def _requests(prefix: str, count: int) -> list[Event]:
+    return [
+        Event(f"abort:{prefix}{i}", {"mode": "abort", "abort_timeout": i, "reason": f"r{i}"})
+        for i in range(count)
+    ]
+
+
+def test_notify_many_gives_each_event_its_ttl(event_backend: EventBackend) -> None:
+    """notify_many stores each event for its own TTL, in one call."""
+    event_backend.notify_many(
+        [(Event("abort:short", {"mode": "abort"}), 50), (Event("abort:long", {}), 60_000)]
+    )
+    assert event_backend.poll("abort:long") is not None
+    deadline = time.monotonic() + 5
+    while event_backend.poll("abort:short") is not None:
+        assert time.monotonic() < deadline, "event outlived its TTL by seconds"
+        time.sleep(0.01)  # waiting for a clock: nothing to wait on but time
+    assert event_backend.poll("abort:long") is not None
+
+
+@pytest.mark.parametrize("count", [3, 1200])
+def test_a_batch_is_stored_and_announced_whole(event_backend: EventBackend, count: int) -> None:
+    """Small batches (a call per key) and large ones (a bulk script) store and announce alike."""
+    subscription = event_backend.subscribe()
+    assert subscription is not None
+    try:
+        events = _requests("b", count)
+        event_backend.notify_many([(event, 10_000 + i) for i, event in enumerate(events)])
+        assert event_backend.poll_many([e.key for e in events]) == events
+        records = event_backend.read_status([e.key[len("abort:") :] for e in events])
+        assert all(r is not None and r["state"] == "requested" for r in records)
+        assert [r["reason"] for r in records if r is not None] == [f"r{i}" for i in range(count)]
+        announced: list[Event] = []
+        deadline = time.monotonic() + 10
+        while len(announced) < count and time.monotonic() < deadline:
+            announced.extend(subscription.get(0.5))
+        assert announced == events
+    finally:
+        subscription.close()
+
+
+def test_the_bulk_path_merges_with_stored_requests(redis_backend: Any) -> None:
+    """The bulk script combines each request with a stored one, as a call per key does."""
+    first = [Event(f"abort:m{i}", {"mode": "abort", "abort_timeout": 0}) for i in range(20)]
+    redis_backend.notify(first[:10], ttl=10_000)  # a call per key
+    cancels = [Event(e.key, {"mode": "cancel", "reason": "late"}) for e in first]
+    redis_backend.notify(cancels, ttl=10_000)  # the bulk script: 20 requests
+    stored = {e.key: e.params for e in redis_backend.poll_many([e.key for e in first])}
+    assert [stored[e.key]["mode"] for e in first] == ["abort"] * 10 + ["cancel"] * 10
+    assert [stored[e.key].get("reason") for e in first] == [None] * 10 + ["late"] * 10
+
+
+def test_a_backend_without_notify_many_gets_one_notify_per_ttl() -> None:
+    """The default notify_many groups a batch by TTL and calls notify once per TTL."""
+    calls: list[tuple[list[str], int]] = []
+
+    class Plain(EventBackend):
+        """A 1.x backend that records its notify calls."""
+
+        def notify(self, events: Iterable[Event], ttl: int) -> None:
+            calls.append(([e.key for e in events], ttl))
+
+        def poll(self, key: str) -> Event | None:
+            return None
+
+        def wait_many(self, keys: Iterable[str], timeout: int) -> Event | None:
+            return None
+
+    a, b, c = (Event(f"abort:{k}", {}) for k in "abc")
+    Plain().notify_many([(a, 100), (b, 200), (c, 100)])
+    assert calls == [(["abort:a", "abort:c"], 100), (["abort:b"], 200)]

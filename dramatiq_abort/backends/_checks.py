@@ -39,6 +39,22 @@ def check_events(events: Any) -> list[Event]:
     return batch
 
 
+def check_pairs(batch: Any) -> list[tuple[Event, int]]:
+    """Return ``batch`` as a list of ``(Event, ttl)`` pairs, each checked."""
+    if isinstance(batch, (str, bytes, Event)) or not isinstance(batch, Iterable):
+        msg = f"batch must be an iterable of (Event, ttl) pairs, not {batch!r}"
+        raise TypeError(msg)
+    pairs = []
+    for pair in batch:
+        if not isinstance(pair, tuple) or len(pair) != 2:
+            msg = f"each item must be an (Event, ttl) pair, not {pair!r}"
+            raise TypeError(msg)
+        event, ttl = pair
+        check_events([event])
+        pairs.append((event, check_ttl(ttl)))
+    return pairs
+
+
 def check_key(key: Any) -> str:
     """Return ``key`` if it is a string (one that cannot be stored simply has no event)."""
     if not isinstance(key, str):

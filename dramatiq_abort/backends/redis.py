@@ -26,15 +26,16 @@ from typing import Any
 import redis
 
 from .._fdcheck import readable_check, wait_readable
-from .._merge import MERGE_LUA
+from .._merge import MERGE_FUNCTIONS, MERGE_LUA
 from .._request import Duration, to_ms
-from .._status import STATUS_LUA, check_update, request_update, status_key
+from .._status import STATUS_FUNCTIONS, STATUS_LUA, check_update, request_update, status_key
 from ..events import Event, EventBackend, StatusUpdate, Subscription
 from ._checks import (
     check_events,
     check_ids,
     check_key,
     check_keys,
+    check_pairs,
     check_timeout,
     check_ttl,
     encodable,
@@ -46,9 +47,33 @@ _logger = logging.getLogger(__name__)
 
 #: Seconds to wait for Redis to confirm a subscription.
 _SUBSCRIBE_TIMEOUT = 5.0
+#: Many requests in one call: ``KEYS`` hold each request's key and its status
+#: key; ``ARGV[1]`` and ``ARGV[2]`` the channel and the announcement (``''``:
+#: none); ``ARGV[3]`` a JSON list with, per request, its JSON, its TTL, its
+#: status update (JSON) and the status's life (one argument, not four per
+#: request: redis-py's packing of arguments was most of a bulk call's time).
+_BULK_LUA = (
+    MERGE_FUNCTIONS
+    + STATUS_FUNCTIONS
+    + """
+local items = cjson.decode(ARGV[3])
+for i, item in ipairs(items) do
+  apply_status(KEYS[2 * i], item[3], item[4])
+  store_request(KEYS[2 * i - 1], item[1], item[2])
+end
+if ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
+return #items
+"""
+)
 #: The scripts by digest, computed here so no round trip is needed to learn them.
-_SCRIPTS = {hashlib.sha1(lua.encode("utf-8")).hexdigest(): lua for lua in (MERGE_LUA, STATUS_LUA)}
-_MERGE_SHA, _STATUS_SHA = _SCRIPTS
+_SCRIPTS = {
+    hashlib.sha1(lua.encode("utf-8")).hexdigest(): lua for lua in (MERGE_LUA, STATUS_LUA, _BULK_LUA)
+}
+_MERGE_SHA, _STATUS_SHA, _BULK_SHA = _SCRIPTS
+#: From this many abort requests on, ``notify_many`` uses the bulk script ...
+_BULK_FROM = 16
+#: ... with this many requests per call.
+_BULK_CHUNK = 500
 #: How long status records are kept by default: one day, in ms.
 DEFAULT_STATUS_TTL = 86_400_000
 #: Most replies one ``drain`` reads before the watcher handles them.
@@ -346,42 +371,76 @@ class RedisBackend(EventBackend):
     def notify(self, events: Iterable[Event], ttl: int) -> None:
         """Store each event for ``ttl`` ms (combined with a stored one) and announce the batch.
 
-        The status of each abort request is recorded first (``requested``).
-        One pipelined round trip; the first call after Redis lost its script
-        cache (a restart) takes two more, to load the scripts and run again.
+        See :meth:`notify_many`, which this calls with one TTL for all.
         """
-        batch = check_events(events)
         check_ttl(ttl)
-        if not batch:
+        self.notify_many([(event, ttl) for event in check_events(events)])
+
+    def notify_many(self, batch: Iterable[tuple[Event, int]]) -> None:
+        """Store each event for its own TTL (ms), combined with a stored one; announce them all.
+
+        The status of each abort request is recorded first (``requested``).
+        One pipelined round trip: a script call per key for a few events;
+        from 16 abort requests on, one script call per 500 of them (their
+        request and status keys in one call: see ``docs/architecture.md``
+        on Redis Cluster).  The first call after Redis lost its script
+        cache (a restart) takes two more round trips, to load the scripts
+        and run again.
+        """
+        items = check_pairs(batch)
+        if not items:
             return
-        calls: list[tuple[str, str, tuple[Any, ...]]] = []
-        keep = ttl + self.status_ttl
-        for event in batch:
-            change = request_update(event, ttl)
-            if change is not None:
-                calls.append(
-                    (_STATUS_SHA, self._status_key(change.message_id), _status_args(change, keep))
-                )
-        announcement = json.dumps([[event.key, event.params] for event in batch])
-        for index, event in enumerate(batch):
-            # Only the last call publishes: if the script is missing,
-            # nothing is announced before the requests are stored.
-            last = index == len(batch) - 1
-            channel, payload = (self.channel, announcement) if last else ("", "")
-            value = json.dumps(event.params)
-            calls.append((_MERGE_SHA, self._key(event.key), (value, ttl, channel, payload)))
+        announcement = json.dumps([[event.key, event.params] for event, _ in items])
+        changes = [request_update(event, ttl) for event, ttl in items]
+        requests = [
+            (event, ttl, change)
+            for (event, ttl), change in zip(items, changes, strict=True)
+            if change is not None
+        ]
+        if len(items) >= _BULK_FROM and len(requests) == len(items):
+            calls = self._bulk_calls(requests, announcement)
+        else:
+            calls = []
+            for (_, ttl), change in zip(items, changes, strict=True):
+                if change is not None:
+                    args = _status_args(change, ttl + self.status_ttl)
+                    calls.append((_STATUS_SHA, [self._status_key(change.message_id)], args))
+            for index, (event, ttl) in enumerate(items):
+                # Only the last call publishes: if the script is missing,
+                # nothing is announced before the requests are stored.
+                last = index == len(items) - 1
+                channel, payload = (self.channel, announcement) if last else ("", "")
+                value = json.dumps(event.params)
+                calls.append((_MERGE_SHA, [self._key(event.key)], (value, ttl, channel, payload)))
         self._run_scripts(calls)
 
-    def _run_scripts(self, calls: list[tuple[str, str, tuple[Any, ...]]]) -> None:
-        """Run each ``(digest, key, args)`` script call, in order, pipelined.
+    def _bulk_calls(
+        self, requests: list[tuple[Event, int, StatusUpdate]], announcement: str
+    ) -> list[tuple[str, list[str], tuple[Any, ...]]]:
+        """Calls of the bulk script, 500 requests each; the last one announces them all."""
+        calls: list[tuple[str, list[str], tuple[Any, ...]]] = []
+        for start in range(0, len(requests), _BULK_CHUNK):
+            keys: list[str] = []
+            items: list[Any] = []
+            for event, ttl, change in requests[start : start + _BULK_CHUNK]:
+                keys += [self._key(event.key), self._status_key(change.message_id)]
+                status, keep = _status_args(change, ttl + self.status_ttl)
+                items.append([json.dumps(event.params), ttl, status, keep])
+            last = start + _BULK_CHUNK >= len(requests)
+            head = (self.channel, announcement) if last else ("", "")
+            calls.append((_BULK_SHA, keys, (*head, json.dumps(items))))
+        return calls
+
+    def _run_scripts(self, calls: list[tuple[str, list[str], tuple[Any, ...]]]) -> None:
+        """Run each ``(digest, keys, args)`` script call, in order, pipelined.
 
         Calls whose script Redis lost (a restart) run again, in order, once
         the scripts are loaded.
         """
         for attempt in range(2):
             pipe = self.client.pipeline(transaction=False)
-            for sha, key, args in calls:
-                pipe.evalsha(sha, 1, key, *args)
+            for sha, keys, args in calls:
+                pipe.evalsha(sha, len(keys), *keys, *args)
             results = pipe.execute(raise_on_error=False)
             missing = []
             for call, result in zip(calls, results, strict=True):
@@ -406,7 +465,7 @@ class RedisBackend(EventBackend):
         changes = [check_update(change) for change in updates]
         keep = self.status_ttl
         calls = [
-            (_STATUS_SHA, self._status_key(c.message_id), _status_args(c, keep)) for c in changes
+            (_STATUS_SHA, [self._status_key(c.message_id)], _status_args(c, keep)) for c in changes
         ]
         if calls:
             self._run_scripts(calls)

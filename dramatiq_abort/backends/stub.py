@@ -12,7 +12,15 @@ from .._merge import merge_params
 from .._request import Duration, to_ms
 from .._status import apply_update, check_update, request_update
 from ..events import Event, EventBackend, StatusUpdate, Subscription
-from ._checks import check_events, check_ids, check_key, check_keys, check_timeout, check_ttl
+from ._checks import (
+    check_events,
+    check_ids,
+    check_key,
+    check_keys,
+    check_pairs,
+    check_timeout,
+    check_ttl,
+)
 
 __all__ = ["StubBackend"]
 
@@ -85,15 +93,20 @@ class StubBackend(EventBackend):
         An event stored under the same key is combined with the new one (the
         stronger request wins) and lives until the later of both expiries.
         """
-        batch = check_events(events)
+        check_ttl(ttl)
+        self.notify_many([(event, ttl) for event in check_events(events)])
+
+    def notify_many(self, batch: Iterable[tuple[Event, int]]) -> None:
+        """Store each event for its own TTL (ms), as :meth:`notify` does; announce them all."""
+        items = check_pairs(batch)
         now = time.monotonic()
-        expires = now + check_ttl(ttl) / 1000
         with self._cond:
-            for event in batch:
+            for event, ttl in items:
                 change = request_update(event, ttl)
                 if change is not None:
                     self._update_status(change, ttl + self.status_ttl, now)
-            for event in batch:
+            for event, ttl in items:
+                expires = now + ttl / 1000
                 stored = self._events.get(event.key)
                 if stored is not None and stored[0] > now:
                     params = merge_params(stored[1].params, event.params)
@@ -104,8 +117,9 @@ class StubBackend(EventBackend):
             subscriptions = list(self._subscriptions)
             self._sweep(now)
             self._cond.notify_all()
+        batch_events = [event for event, _ in items]
         for subscription in subscriptions:
-            subscription.queue.put(batch)
+            subscription.queue.put(batch_events)
 
     def poll(self, key: str) -> Event | None:
         """Return the live event stored under ``key``, leaving it in place."""

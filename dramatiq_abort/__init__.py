@@ -11,7 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 from . import backends
 from ._request import AbortMode
 from .actors import abortable_actor
-from .api import abort, abort_requested, abort_status
+from .api import abort, abort_many, abort_requested, abort_status
 from .aprocess import GuardedExec, guarded_exec
 from .events import Event, EventBackend, StatusUpdate
 from .exceptions import (
@@ -24,7 +24,7 @@ from .exceptions import (
 from .middleware import Abortable
 from .process import GuardedPopen, guarded_popen, guarded_run
 from .scope import AbortScope, abort_scope, current_scope
-from .status import AbortHandle, AbortState, AbortStatus
+from .status import AbortBatch, AbortHandle, AbortState, AbortStatus
 
 try:
     __version__ = version("dramatiq-abort")
@@ -33,6 +33,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "Abort",
+    "AbortBatch",
     "AbortHandle",
     "AbortMode",
     "AbortScope",
@@ -49,6 +50,7 @@ __all__ = [
     "StatusUnavailableError",
     "StatusUpdate",
     "abort",
+    "abort_many",
     "abort_requested",
     "abort_scope",
     "abort_status",

@@ -16,6 +16,7 @@ import os
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from dramatiq.logging import get_logger
@@ -35,6 +36,14 @@ _RETRY_FIRST = 0.1
 _RETRY_MAX = 2.0
 #: Seconds between two warnings about failing writes.
 _WARN_EVERY = 30.0
+
+
+@dataclass(frozen=True)
+class _Extension:
+    """Keep the request of a message waiting in this worker's delay queue until ``until_ms``."""
+
+    message_id: str
+    until_ms: int
 
 
 def _now_ms() -> int:
@@ -57,9 +66,11 @@ class Outcomes:
         self._backend = backend
         #: Whether the backend stores statuses (else only logs and metrics).
         self.stored = type(backend).update_status is not EventBackend.update_status
+        #: Whether it can keep a request alive longer (``EventBackend.extend``).
+        self.extends = type(backend).extend is not EventBackend.extend
         self._logger = get_logger(__name__, type(self))
         self._cond = threading.Condition(threading.Lock())
-        self._pending: collections.deque[StatusUpdate] = collections.deque()
+        self._pending: collections.deque[StatusUpdate | _Extension] = collections.deque()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._dropped = 0
@@ -183,10 +194,15 @@ class Outcomes:
             )
         )
 
+    def extend(self, message_id: str, until_ms: float) -> None:
+        """Keep the request of a message in this worker's delay queue, if any, until then."""
+        if self.extends:
+            self._put(_Extension(message_id, round(until_ms)))
+
     # -- the writer ----------------------------------------------------------
 
-    def _put(self, change: StatusUpdate) -> None:
-        if not self.stored:
+    def _put(self, change: StatusUpdate | _Extension) -> None:
+        if isinstance(change, StatusUpdate) and not self.stored:
             return
         dropped = False
         with self._cond:
@@ -265,10 +281,15 @@ class Outcomes:
                         self._pending.popleft()
                 self._cond.notify_all()
 
-    def _write(self, batch: list[StatusUpdate]) -> None:
+    def _write(self, batch: list[StatusUpdate | _Extension]) -> None:
         """Write ``batch``; an update the backend refuses as such is dropped, not retried."""
         try:
-            self._backend.update_status(batch)
+            updates = [c for c in batch if isinstance(c, StatusUpdate)]
+            if updates:
+                self._backend.update_status(updates)
+            extensions = [(c.message_id, c.until_ms) for c in batch if isinstance(c, _Extension)]
+            if extensions:
+                self._backend.extend(extensions)
         except (TypeError, ValueError) as exc:  # UnicodeError too: a bad update, not an outage
             if len(batch) == 1:
                 self._logger.warning(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 from dramatiq.logging import get_logger
 
@@ -64,11 +65,15 @@ class Watcher:
         registry: Registry,
         lookahead: Lookahead | None = None,
         outcomes: Outcomes | None = None,
+        delayed: Callable[[str], None] | None = None,
     ) -> None:
         self._backend = backend
         self._registry = registry
         self._lookahead = lookahead if lookahead is not None else Lookahead()
         self._outcomes = outcomes if outcomes is not None else Outcomes(backend)
+        #: Called with the id of each announced request for a message not
+        #: running here (it may wait in this worker's delay queue).
+        self._delayed = delayed
         self._timer = DeadlineTimer(registry)
         self._logger = get_logger(__name__, type(self))
         self._lock = threading.Lock()
@@ -221,6 +226,8 @@ class Watcher:
             noted = lookahead.noted(message_id)
             running = registry.get(message_id)
             if not noted and running is None:
+                if self._delayed is not None and not resync:
+                    self._delayed(message_id)
                 finished = None if resync else registry.finished(message_id)
                 if finished is not None:
                     late = AbortRequest.from_event(event)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import overload
+
 import dramatiq
 
 from ._request import DEFAULT_GRACE, AbortMode, Duration
+from ._targets import Single
 from .exceptions import MiddlewareMissingError
 from .middleware import Abortable
-from .status import AbortHandle, AbortStatus
+from .status import AbortBatch, AbortHandle, AbortStatus
 
-__all__ = ["AbortMode", "abort", "abort_requested", "abort_status"]
+__all__ = ["AbortMode", "abort", "abort_many", "abort_requested", "abort_status"]
 
 
 def _find_middleware(middleware: Abortable | None, caller: str) -> Abortable:
@@ -30,19 +34,47 @@ def _find_middleware(middleware: Abortable | None, caller: str) -> Abortable:
     raise MiddlewareMissingError(msg)
 
 
+@overload
 def abort(
-    message_id: str,
+    message_id: Single,
     middleware: Abortable | None = None,
     abort_ttl: Duration | None = None,
     mode: AbortMode | str = AbortMode.ABORT,
     abort_timeout: Duration = DEFAULT_GRACE,
     *,
     reason: str | None = None,
-) -> AbortHandle:
+) -> AbortHandle: ...
+
+
+@overload
+def abort(
+    message_id: dramatiq.group | dramatiq.pipeline,
+    middleware: Abortable | None = None,
+    abort_ttl: Duration | None = None,
+    mode: AbortMode | str = AbortMode.ABORT,
+    abort_timeout: Duration = DEFAULT_GRACE,
+    *,
+    reason: str | None = None,
+) -> AbortBatch: ...
+
+
+def abort(
+    message_id: Single | dramatiq.group | dramatiq.pipeline,
+    middleware: Abortable | None = None,
+    abort_ttl: Duration | None = None,
+    mode: AbortMode | str = AbortMode.ABORT,
+    abort_timeout: Duration = DEFAULT_GRACE,
+    *,
+    reason: str | None = None,
+) -> AbortHandle | AbortBatch:
     """Abort a pending or running message given its ``message_id``.
 
     Args:
-        message_id: The ``message_id`` of what ``actor.send()`` returned.
+        message_id: The ``message_id`` of what ``actor.send()`` returned, or
+            that ``Message`` itself: then a message sent with ``delay`` is
+            cancelled however far its ETA, as the request lives until that
+            ETA plus ``abort_ttl``.  A dramatiq ``group`` or ``pipeline``
+            aborts every message in it (see :func:`abort_many`).
         middleware: The ``Abortable`` to use; ``None`` finds the one on
             ``dramatiq.get_broker()``.
         abort_ttl: Milliseconds (or a ``timedelta``) the request stays
@@ -64,6 +96,7 @@ def abort(
         A handle on the request: ``handle.status()`` reads its
         :class:`AbortStatus` and ``handle.wait(timeout)`` waits for a final
         one.  Code written for 1.x, which returned ``None``, ignores it.
+        For a group or a pipeline, an :class:`AbortBatch`.
 
     Raises:
         MiddlewareMissingError: No ``Abortable`` is on the broker.
@@ -78,16 +111,62 @@ def abort(
         <AbortState.INTERRUPTED: 'interrupted'>
 
     """
-    return _find_middleware(middleware, "abort").abort(
-        message_id, abort_ttl=abort_ttl, mode=mode, abort_timeout=abort_timeout, reason=reason
-    )
+    found = _find_middleware(middleware, "abort")
+    return found.abort(message_id, abort_ttl, mode, abort_timeout, reason=reason)
 
 
-def abort_status(message_id: str, middleware: Abortable | None = None) -> AbortStatus | None:
+def abort_many(
+    targets: Iterable[Single | dramatiq.group | dramatiq.pipeline]
+    | dramatiq.group
+    | dramatiq.pipeline,
+    middleware: Abortable | None = None,
+    abort_ttl: Duration | None = None,
+    mode: AbortMode | str = AbortMode.ABORT,
+    abort_timeout: Duration = DEFAULT_GRACE,
+    *,
+    reason: str | None = None,
+) -> AbortBatch:
+    """Abort many messages in one backend round trip.
+
+    Args:
+        targets: Message ids, ``Message`` objects, dramatiq ``group`` and
+            ``pipeline`` objects, or an iterable of them: every message they
+            stand for is aborted, each once.  For a pipeline, every stage:
+            the running one stops, and no later stage starts after this
+            returns (each later stage's request lives ``abort_ttl`` plus the
+            delays of the stages before it plus the grace).
+        middleware: As in :func:`abort`.
+        abort_ttl: As in :func:`abort`; a ``Message`` with an ETA gets it
+            on top, as in :func:`abort`.
+        mode: As in :func:`abort`.
+        abort_timeout: As in :func:`abort`.
+        reason: As in :func:`abort`, for every message.
+
+    Returns:
+        An :class:`AbortBatch`: a handle per message, with ``statuses()``
+        and ``wait(timeout)`` over all of them.
+
+    Raises:
+        MiddlewareMissingError: No ``Abortable`` is on the broker.
+        BackendUnavailableError: The event backend could not be reached;
+            none, some or all of the requests may have been recorded.
+        TypeError: A target is of a kind it cannot abort.
+        ValueError: An argument is out of range.
+
+    Example:
+        >>> batch = abort_many(group([...]).run(), reason="upload cancelled")  # doctest: +SKIP
+        >>> [status.state for status in batch.wait(5000)]  # doctest: +SKIP
+
+    """
+    found = _find_middleware(middleware, "abort_many")
+    return found.abort_many(targets, abort_ttl, mode, abort_timeout, reason=reason)
+
+
+def abort_status(message_id: Single, middleware: Abortable | None = None) -> AbortStatus | None:
     """The status of the abort of ``message_id``, from any process that shares the backend.
 
     Args:
-        message_id: The message whose abort was requested.
+        message_id: The message (or its id) whose abort was requested.
         middleware: As in :func:`abort`.
 
     Returns:
@@ -104,7 +183,7 @@ def abort_status(message_id: str, middleware: Abortable | None = None) -> AbortS
 
 
 def abort_requested(
-    message_id: str | None = None, middleware: Abortable | None = None
+    message_id: Single | None = None, middleware: Abortable | None = None
 ) -> float | None:
     """Milliseconds until the current message is aborted, or ``None``.
 

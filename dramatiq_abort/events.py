@@ -159,6 +159,17 @@ class EventBackend(abc.ABC):
         """
         return None
 
+    def extend(self, until: Iterable[tuple[str, int]]) -> None:
+        """Make the request of each message, if it has one, live until a time (optional).
+
+        Workers call it for messages waiting in their delay queue (sent
+        with ``delay``, or waiting for a retry), so a request outlives its
+        TTL until the message comes up.  ``until`` holds ``(message id,
+        wall-clock ms)`` pairs; a request that already lives longer, or that
+        does not exist, is left alone.  The default does nothing.
+        """
+        return None
+
     def read_status(self, message_ids: Iterable[str]) -> list[dict[str, Any] | None]:
         """Return the stored status record of each message, ``None`` where there is none.
 

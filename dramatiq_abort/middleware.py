@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, overload
 
 import dramatiq
 from dramatiq.broker import Broker, MessageProxy
@@ -18,25 +19,30 @@ from ._outcomes import Outcomes
 from ._registry import PENDING, REGISTRY, _Guarded, _Running
 from ._request import (
     DEFAULT_GRACE,
+    MAX_MS,
     AbortMode,
     AbortRequest,
     Duration,
-    check_message_id,
     check_reason,
     coerce_mode,
     grace_ms,
     key_for,
     to_ms,
 )
+from ._targets import Single, expand, is_many, message_id_of
 from ._watcher import Watcher
 from .events import EventBackend
 from .exceptions import Abort, BackendUnavailableError, StatusUnavailableError, describe
-from .status import AbortHandle, AbortStatus, from_record
+from .status import AbortBatch, AbortHandle, AbortStatus, from_record
 
 __all__ = ["Abortable"]
 
 #: Seconds between two warnings about the backend failing on the hot path.
 _WARN_EVERY = 30.0
+#: Delayed messages noted before the stale ones are pruned (then twice as many) ...
+_DELAYED_PRUNE_AT = 10_000
+#: ... those whose ETA passed this many ms ago.
+_DELAYED_STALE_MS = 600_000
 
 
 class Abortable(Middleware):
@@ -127,7 +133,13 @@ class Abortable(Middleware):
         self._registry = REGISTRY
         self._lookahead = Lookahead()
         self._outcomes = Outcomes(backend)
-        self._watcher = Watcher(backend, REGISTRY, self._lookahead, self._outcomes)
+        #: Messages in this worker's delay queue (sent with ``delay``, or
+        #: waiting for a retry): id -> ETA, wall-clock ms.
+        self._delayed: dict[str, float] = {}
+        self._prune_delayed_at = _DELAYED_PRUNE_AT
+        self._watcher = Watcher(
+            backend, REGISTRY, self._lookahead, self._outcomes, self._request_for_delayed
+        )
         self._read_ahead = bool(getattr(backend, "_read_ahead", False))
         self._last_warning = 0.0
 
@@ -151,6 +163,7 @@ class Abortable(Middleware):
     def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
         """Stop the watcher once the worker's threads have finished."""
         self._lookahead.detach()
+        self._delayed.clear()
         if self in _RUNNING:
             _RUNNING.remove(self)
         self._watcher.stop()
@@ -203,11 +216,37 @@ class Abortable(Middleware):
 
     # -- messages ------------------------------------------------------------
 
+    def before_delay_message(self, broker: Broker, message: MessageProxy) -> None:
+        """Note a message put in this worker's delay queue; keep a request for it alive."""
+        eta = message.options.get("eta")
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)):
+            return
+        delayed = self._delayed
+        if len(delayed) >= self._prune_delayed_at:
+            # Those long past their ETA came up elsewhere (or were requeued).
+            stale = time.time() * 1000 - _DELAYED_STALE_MS
+            # list() copies in one C call: worker threads pop from it meanwhile.
+            for message_id, when in list(delayed.items()):
+                if when < stale:
+                    delayed.pop(message_id, None)
+            self._prune_delayed_at = max(_DELAYED_PRUNE_AT, 2 * len(delayed))
+        delayed[message.message_id] = eta
+        # A request made before this worker took the message may expire first.
+        self._outcomes.extend(message.message_id, eta + self.abort_ttl)
+
+    def _request_for_delayed(self, message_id: str) -> None:
+        """A request was announced for a message not running here: keep it until its ETA."""
+        eta = self._delayed.get(message_id)
+        if eta is not None:
+            self._outcomes.extend(message_id, eta + self.abort_ttl)
+
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         """Skip a message with a request; otherwise register it as running."""
         actor = broker.get_actor(message.actor_name)
         if not isinstance(actor.fn, (_Guarded, _AsyncGuarded)):
             self._prepare(actor)  # declared before this middleware was added
+        if self._delayed:
+            self._delayed.pop(message.message_id, None)  # it came up
         if not self._is_abortable(actor, message):
             return
         # Register first, then look: a request announced in between is
@@ -350,46 +389,104 @@ class Abortable(Middleware):
 
     # -- client side ---------------------------------------------------------
 
+    @overload
     def abort(
         self,
-        message_id: str,
+        message_id: Single,
         abort_ttl: Duration | None = None,
         mode: AbortMode | str = AbortMode.ABORT,
         abort_timeout: Duration = DEFAULT_GRACE,
         *,
         reason: str | None = None,
-    ) -> AbortHandle:
-        """Request the abort of a message; see :func:`dramatiq_abort.abort`."""
-        message_id = check_message_id(message_id)
+    ) -> AbortHandle: ...
+
+    @overload
+    def abort(
+        self,
+        message_id: dramatiq.group | dramatiq.pipeline,
+        abort_ttl: Duration | None = None,
+        mode: AbortMode | str = AbortMode.ABORT,
+        abort_timeout: Duration = DEFAULT_GRACE,
+        *,
+        reason: str | None = None,
+    ) -> AbortBatch: ...
+
+    def abort(
+        self,
+        message_id: Single | dramatiq.group | dramatiq.pipeline,
+        abort_ttl: Duration | None = None,
+        mode: AbortMode | str = AbortMode.ABORT,
+        abort_timeout: Duration = DEFAULT_GRACE,
+        *,
+        reason: str | None = None,
+    ) -> AbortHandle | AbortBatch:
+        """Abort a message, a group or a pipeline; see :func:`~dramatiq_abort.abort`."""
+        if isinstance(message_id, (dramatiq.group, dramatiq.pipeline)):
+            return self.abort_many(message_id, abort_ttl, mode, abort_timeout, reason=reason)
+        if is_many(message_id):
+            msg = (
+                f"abort() takes one message, its id, a group or a pipeline, not {message_id!r}: "
+                "pass an iterable of them to abort_many()"
+            )
+            raise TypeError(msg)
+        message_id_of(message_id)  # a bad id gets its own error
+        return self.abort_many([message_id], abort_ttl, mode, abort_timeout, reason=reason)[0]
+
+    def abort_many(
+        self,
+        targets: Iterable[Single | dramatiq.group | dramatiq.pipeline]
+        | dramatiq.group
+        | dramatiq.pipeline,
+        abort_ttl: Duration | None = None,
+        mode: AbortMode | str = AbortMode.ABORT,
+        abort_timeout: Duration = DEFAULT_GRACE,
+        *,
+        reason: str | None = None,
+    ) -> AbortBatch:
+        """Request the abort of many messages at once; see :func:`~dramatiq_abort.abort_many`."""
+        if isinstance(targets, (str, bytes)):
+            msg = (
+                f"abort_many() takes an iterable of targets, a group or a pipeline, not the "
+                f"string {targets!r}: pass [{targets!r}], or call abort()"
+            )
+            raise TypeError(msg)
         mode = coerce_mode(mode)
         ttl = (
             self.abort_ttl if abort_ttl is None else to_ms(abort_ttl, "abort_ttl", allow_zero=False)
         )
         timeout = grace_ms(abort_timeout)
         reason = check_reason(reason)
-        request = AbortRequest.create(message_id, mode, timeout, reason)
+        extra = expand(targets, timeout or 0)
+        requests = [AbortRequest.create(i, mode, timeout, reason) for i in extra]
+        batch = [(r.to_event(), min(MAX_MS, ttl + extra[r.message_id])) for r in requests]
         try:
-            self.backend.notify([request.to_event()], ttl)
+            if batch:
+                self.backend.notify_many(batch)
         except (TypeError, ValueError):
             raise  # a bad argument, not an outage
         except Exception as exc:
-            what = f"record the abort of message {message_id!r}"
+            what = (
+                f"record the abort of message {requests[0].message_id!r}"
+                if len(requests) == 1
+                else f"record the abort of {len(requests)} messages"
+            )
             raise _unavailable(what, exc, "it may not have been recorded") from exc
-        self.logger.info(
-            "Requested %s of message %s%s.",
-            mode.value,
-            message_id,
-            f" (reason: {reason})" if reason else "",
-        )
-        return AbortHandle(self, message_id, mode, reason)
+        because = f" (reason: {reason})" if reason else ""
+        if len(requests) == 1:
+            self.logger.info(
+                "Requested %s of message %s%s.", mode.value, requests[0].message_id, because
+            )
+        elif requests:
+            self.logger.info("Requested %s of %d messages%s.", mode.value, len(requests), because)
+        return AbortBatch([AbortHandle(self, i, mode, reason) for i in extra])
 
-    def abort_status(self, message_id: str) -> AbortStatus | None:
+    def abort_status(self, message_id: Single) -> AbortStatus | None:
         """The status of the abort of a message; see :func:`dramatiq_abort.abort_status`."""
         return self.abort_statuses([message_id])[0]
 
-    def abort_statuses(self, message_ids: list[str]) -> list[AbortStatus | None]:
+    def abort_statuses(self, message_ids: Iterable[Single]) -> list[AbortStatus | None]:
         """The status of each message's abort, in one backend call; ``None`` where none is known."""
-        ids = [check_message_id(message_id) for message_id in message_ids]
+        ids = [message_id_of(message_id) for message_id in message_ids]
         try:
             records = self.backend.read_status(ids)
         except NotImplementedError as exc:
@@ -400,12 +497,12 @@ class Abortable(Middleware):
             raise _unavailable("read abort statuses", exc) from exc
         return [from_record(i, record) for i, record in zip(ids, records, strict=True)]
 
-    def abort_requested(self, message_id: str | None = None) -> float | None:
+    def abort_requested(self, message_id: Single | None = None) -> float | None:
         """Milliseconds left before ``Abort``; see :func:`dramatiq_abort.abort_requested`."""
         if message_id is None:
             entry = self._registry.current()
         else:
-            entry = self._registry.get(check_message_id(message_id))
+            entry = self._registry.get(message_id_of(message_id))
         return None if entry is None else self._registry.remaining_ms(entry)
 
 

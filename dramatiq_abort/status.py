@@ -5,10 +5,10 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from ._request import MAX_REASON, AbortMode, Duration, to_ms
 from ._status import RANKS
@@ -16,7 +16,7 @@ from ._status import RANKS
 if TYPE_CHECKING:
     from .middleware import Abortable
 
-__all__ = ["AbortHandle", "AbortState", "AbortStatus"]
+__all__ = ["AbortBatch", "AbortHandle", "AbortState", "AbortStatus"]
 
 _logger = logging.getLogger("dramatiq_abort")
 
@@ -220,6 +220,68 @@ class AbortHandle:
         """
         seconds = to_ms(timeout, "timeout") / 1000
         return wait_final(self._middleware.abort_statuses, [self.message_id], seconds)[0]
+
+
+class AbortBatch(Sequence[AbortHandle]):
+    """What :func:`~dramatiq_abort.abort_many` returns: a handle per message, followed together.
+
+    It is a sequence of :class:`AbortHandle` (one per distinct message, in
+    the order given); :meth:`statuses` and :meth:`wait` read every status
+    in one backend call per look.
+    """
+
+    __slots__ = ("_handles",)
+
+    def __init__(self, handles: list[AbortHandle]) -> None:
+        self._handles = handles
+
+    def __repr__(self) -> str:
+        return f"<AbortBatch of {len(self._handles)} messages>"
+
+    @overload
+    def __getitem__(self, index: int) -> AbortHandle: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[AbortHandle]: ...
+
+    def __getitem__(self, index: int | slice) -> AbortHandle | Sequence[AbortHandle]:
+        return self._handles[index]
+
+    def __len__(self) -> int:
+        return len(self._handles)
+
+    def __iter__(self) -> Iterator[AbortHandle]:
+        return iter(self._handles)
+
+    @property
+    def message_ids(self) -> list[str]:
+        """The ids of the messages, in order."""
+        return [handle.message_id for handle in self._handles]
+
+    def statuses(self) -> list[AbortStatus | None]:
+        """Every message's status now, in order, in one backend call.
+
+        Raises:
+            StatusUnavailableError: The backend does not store statuses.
+            BackendUnavailableError: The backend could not be reached.
+
+        """
+        if not self._handles:
+            return []
+        return self._handles[0]._middleware.abort_statuses(self.message_ids)
+
+    def wait(self, timeout: Duration = 10_000) -> list[AbortStatus | None]:
+        """Wait up to ``timeout`` (ms or ``timedelta``) for every state to be final.
+
+        Returns:
+            The statuses, in order: final, or the last read when the time ran out.
+
+        """
+        seconds = to_ms(timeout, "timeout") / 1000
+        if not self._handles:
+            return []
+        read = self._handles[0]._middleware.abort_statuses
+        return wait_final(read, self.message_ids, seconds)
 
 
 def _settled(status: AbortStatus | None, wait_unknown: bool) -> bool:

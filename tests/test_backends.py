@@ -226,3 +226,15 @@ def test_a_backend_without_notify_many_gets_one_notify_per_ttl() -> None:
     a, b, c = (Event(f"abort:{k}", {}) for k in "abc")
     Plain().notify_many([(a, 100), (b, 200), (c, 100)])
     assert calls == [(["abort:a", "abort:c"], 100), (["abort:b"], 200)]
+
+
+def test_extend_keeps_a_request_alive_and_says_so(event_backend: EventBackend) -> None:
+    """extend() makes a stored request outlive its TTL and moves its status's expires_at."""
+    event_backend.notify([Event("abort:x", {"mode": "cancel", "requested_at": 1.0e12})], ttl=100)
+    until = round(time.time() * 1000) + 60_000
+    event_backend.extend([("x", until), ("nobody", until)])
+    time.sleep(0.2)  # past the TTL of 100 ms: a clock to wait for, nothing else
+    assert event_backend.poll("abort:x") is not None
+    [record, none] = event_backend.read_status(["x", "nobody"])
+    assert record is not None and record["expires_at"] == until
+    assert none is None and event_backend.poll("abort:nobody") is None

@@ -27,7 +27,7 @@ import redis
 
 from .._fdcheck import readable_check, wait_readable
 from .._merge import MERGE_FUNCTIONS, MERGE_LUA
-from .._request import Duration, to_ms
+from .._request import MAX_MS, Duration, key_for, to_ms
 from .._status import STATUS_FUNCTIONS, STATUS_LUA, check_update, request_update, status_key
 from ..events import Event, EventBackend, StatusUpdate, Subscription
 from ._checks import (
@@ -65,15 +65,42 @@ if ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
 return #items
 """
 )
+#: Keep ``KEYS[1]``, if it exists, alive at least ``ARGV[1]`` ms from now.
+_EXTEND_LUA = """
+local want = tonumber(ARGV[1])
+local left = redis.call('PTTL', KEYS[1])
+if left >= 0 and left < want then redis.call('PEXPIRE', KEYS[1], want) return 1 end
+return 0
+"""
+#: Move the ``expires_at`` of the status record at ``KEYS[1]``, if it exists, to
+#: at least ``ARGV[1]`` (wall-clock ms), and keep it alive ``ARGV[2]`` ms at least.
+_EXTEND_STATUS_LUA = """
+local raw = redis.pcall('GET', KEYS[1])
+if type(raw) ~= 'string' then return 0 end
+local ok, record = pcall(cjson.decode, raw)
+if not ok or type(record) ~= 'table' then return 0 end
+local until_ms = tonumber(ARGV[1])
+if type(record.expires_at) ~= 'number' or record.expires_at < until_ms then
+  record.expires_at = until_ms
+end
+local keep = tonumber(ARGV[2])
+local left = redis.call('PTTL', KEYS[1])
+if left > keep then keep = left end
+redis.call('SET', KEYS[1], cjson.encode(record), 'PX', keep)
+return 1
+"""
 #: The scripts by digest, computed here so no round trip is needed to learn them.
 _SCRIPTS = {
-    hashlib.sha1(lua.encode("utf-8")).hexdigest(): lua for lua in (MERGE_LUA, STATUS_LUA, _BULK_LUA)
+    hashlib.sha1(lua.encode("utf-8")).hexdigest(): lua
+    for lua in (MERGE_LUA, STATUS_LUA, _BULK_LUA, _EXTEND_LUA, _EXTEND_STATUS_LUA)
 }
-_MERGE_SHA, _STATUS_SHA, _BULK_SHA = _SCRIPTS
+_MERGE_SHA, _STATUS_SHA, _BULK_SHA, _EXTEND_SHA, _EXTEND_STATUS_SHA = _SCRIPTS
 #: From this many abort requests on, ``notify_many`` uses the bulk script ...
 _BULK_FROM = 16
 #: ... with this many requests per call.
 _BULK_CHUNK = 500
+#: The longest life ``extend`` gives a key, in ms.
+_MAX_TTL_MS = MAX_MS
 #: How long status records are kept by default: one day, in ms.
 DEFAULT_STATUS_TTL = 86_400_000
 #: Most replies one ``drain`` reads before the watcher handles them.
@@ -467,6 +494,26 @@ class RedisBackend(EventBackend):
         calls = [
             (_STATUS_SHA, [self._status_key(c.message_id)], _status_args(c, keep)) for c in changes
         ]
+        if calls:
+            self._run_scripts(calls)
+
+    def extend(self, until: Iterable[tuple[str, int]]) -> None:
+        """Keep each message's request alive until a wall-clock time, in ms; its status says so.
+
+        The status record's ``expires_at`` moves to that time too.  A script
+        call per key, pipelined: one round trip.
+        """
+        now = time.time() * 1000
+        calls: list[tuple[str, list[str], tuple[Any, ...]]] = []
+        for message_id, until_ms in until:
+            check_ids([message_id])
+            if not encodable(message_id):
+                continue  # Redis cannot hold its key: it has no request
+            want = min(_MAX_TTL_MS, max(1, round(until_ms - now)))
+            calls.append((_EXTEND_SHA, [self._key(key_for(message_id))], (want,)))
+            keep = min(_MAX_TTL_MS, want + self.status_ttl)
+            args = (round(until_ms), keep)
+            calls.append((_EXTEND_STATUS_SHA, [self._status_key(message_id)], args))
         if calls:
             self._run_scripts(calls)
 

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .._merge import merge_params
-from .._request import Duration, to_ms
+from .._request import Duration, key_for, to_ms
 from .._status import apply_update, check_update, request_update
 from ..events import Event, EventBackend, StatusUpdate, Subscription
 from ._checks import (
@@ -157,6 +157,27 @@ class StubBackend(EventBackend):
         with self._cond:
             for change in changes:
                 self._update_status(change, self.status_ttl, now)
+
+    def extend(self, until: Iterable[tuple[str, int]]) -> None:
+        """Keep each message's request alive until a wall-clock time, in ms; its status says so."""
+        pairs = [(check_ids([message_id])[0], until_ms) for message_id, until_ms in until]
+        now = time.monotonic()
+        wall = time.time()
+        with self._cond:
+            for message_id, until_ms in pairs:
+                expires = now + max(0.0, until_ms / 1000 - wall)
+                event = self._events.get(key_for(message_id))
+                if event is not None and now < event[0] < expires:
+                    self._events[key_for(message_id)] = (expires, event[1])
+                status = self._statuses.get(message_id)
+                if status is None or status[0] <= now:
+                    continue
+                record = status[1]
+                stamp = record.get("expires_at")
+                if not isinstance(stamp, (int, float)) or stamp < until_ms:
+                    record["expires_at"] = round(until_ms)
+                keep = expires + self.status_ttl / 1000
+                self._statuses[message_id] = (max(keep, status[0]), record)
 
     def read_status(self, message_ids: Iterable[str]) -> list[dict[str, Any] | None]:
         """Return each message's status record, ``None`` where there is none."""

@@ -11,7 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 from . import backends
 from ._request import AbortMode
 from .actors import abortable_actor
-from .api import abort, abort_many, abort_requested, abort_status
+from .api import abort, abort_actor, abort_many, abort_requested, abort_status
 from .aprocess import GuardedExec, guarded_exec
 from .events import Event, EventBackend, StatusUpdate
 from .exceptions import (
@@ -20,6 +20,7 @@ from .exceptions import (
     DramatiqAbortError,
     MiddlewareMissingError,
     StatusUnavailableError,
+    TrackingUnavailableError,
 )
 from .middleware import Abortable
 from .process import GuardedPopen, guarded_popen, guarded_run
@@ -49,7 +50,9 @@ __all__ = [
     "MiddlewareMissingError",
     "StatusUnavailableError",
     "StatusUpdate",
+    "TrackingUnavailableError",
     "abort",
+    "abort_actor",
     "abort_many",
     "abort_requested",
     "abort_scope",

@@ -11,6 +11,7 @@ sent once it is back.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import os
 import socket
@@ -46,6 +47,16 @@ class _Extension:
     until_ms: int
 
 
+@dataclass(frozen=True)
+class _Track:
+    """A message of an actor sent (``add``) or done for good (``remove``), for ``abort_actor``."""
+
+    change: str
+    actor_name: str
+    message_id: str
+    start_ms: int
+
+
 def _now_ms() -> int:
     return round(time.time() * 1000)
 
@@ -68,11 +79,14 @@ class Outcomes:
         self.stored = type(backend).update_status is not EventBackend.update_status
         #: Whether it can keep a request alive longer (``EventBackend.extend``).
         self.extends = type(backend).extend is not EventBackend.extend
+        #: Whether it tracks the messages of actors (``EventBackend.track``).
+        self.tracks = type(backend).track is not EventBackend.track
         self._logger = get_logger(__name__, type(self))
         self._cond = threading.Condition(threading.Lock())
-        self._pending: collections.deque[StatusUpdate | _Extension] = collections.deque()
+        self._pending: collections.deque[_Item] = collections.deque()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._at_exit = False
         self._dropped = 0
         self._last_warning = 0.0
 
@@ -199,9 +213,14 @@ class Outcomes:
         if self.extends:
             self._put(_Extension(message_id, round(until_ms)))
 
+    def track(self, change: str, actor_name: str, message_id: str, start_ms: float) -> None:
+        """Record that a message of ``actor_name`` was sent (``add``) or is done (``remove``)."""
+        if self.tracks:
+            self._put(_Track(change, actor_name, message_id, round(start_ms)))
+
     # -- the writer ----------------------------------------------------------
 
-    def _put(self, change: StatusUpdate | _Extension) -> None:
+    def _put(self, change: _Item) -> None:
         if isinstance(change, StatusUpdate) and not self.stored:
             return
         dropped = False
@@ -222,6 +241,10 @@ class Outcomes:
                     daemon=True,
                 )
                 self._thread.start()
+                if not self._at_exit:
+                    # A client that sends and exits: what it tracked is written first.
+                    self._at_exit = True
+                    atexit.register(self.flush)
             self._cond.notify()
         if dropped:
             self._warn(f"more than {_MAX_PENDING} waiting to be written")
@@ -281,7 +304,7 @@ class Outcomes:
                         self._pending.popleft()
                 self._cond.notify_all()
 
-    def _write(self, batch: list[StatusUpdate | _Extension]) -> None:
+    def _write(self, batch: list[_Item]) -> None:
         """Write ``batch``; an update the backend refuses as such is dropped, not retried."""
         try:
             updates = [c for c in batch if isinstance(c, StatusUpdate)]
@@ -290,6 +313,13 @@ class Outcomes:
             extensions = [(c.message_id, c.until_ms) for c in batch if isinstance(c, _Extension)]
             if extensions:
                 self._backend.extend(extensions)
+            tracking = [
+                (c.change, c.actor_name, c.message_id, c.start_ms)
+                for c in batch
+                if isinstance(c, _Track)
+            ]
+            if tracking:
+                self._backend.track(tracking)
         except (TypeError, ValueError) as exc:  # UnicodeError too: a bad update, not an outage
             if len(batch) == 1:
                 self._logger.warning(
@@ -317,6 +347,10 @@ class Outcomes:
             len(self._pending),
             self._dropped,
         )
+
+
+#: What the writer sends.
+_Item = StatusUpdate | _Extension | _Track
 
 
 def _because(reason: Any) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import overload
+from typing import Any, overload
 
 import dramatiq
 
@@ -13,7 +13,7 @@ from .exceptions import MiddlewareMissingError
 from .middleware import Abortable
 from .status import AbortBatch, AbortHandle, AbortStatus
 
-__all__ = ["AbortMode", "abort", "abort_many", "abort_requested", "abort_status"]
+__all__ = ["AbortMode", "abort", "abort_actor", "abort_many", "abort_requested", "abort_status"]
 
 
 def _find_middleware(middleware: Abortable | None, caller: str) -> Abortable:
@@ -160,6 +160,54 @@ def abort_many(
     """
     found = _find_middleware(middleware, "abort_many")
     return found.abort_many(targets, abort_ttl, mode, abort_timeout, reason=reason)
+
+
+def abort_actor(
+    actor: dramatiq.Actor[Any, Any] | str,
+    middleware: Abortable | None = None,
+    abort_ttl: Duration | None = None,
+    mode: AbortMode | str = AbortMode.ABORT,
+    abort_timeout: Duration = DEFAULT_GRACE,
+    *,
+    reason: str | None = None,
+    dry_run: bool = False,
+) -> AbortBatch:
+    """Abort every pending and running message of one actor: the operators' big red button.
+
+    Only messages *tracked* are found: those of an actor whose
+    ``track_messages`` option is on (``Abortable(track_messages=True)``, or
+    the actor's own option), sent by a process whose broker has the
+    middleware, since it was installed.  A worker untracks a message once
+    it is acknowledged or dead-lettered, so running ones, delayed ones and
+    retries waiting for their backoff are all found.
+
+    Args:
+        actor: The actor, or its name.
+        middleware: As in :func:`abort`.
+        abort_ttl: As in :func:`abort`; a delayed message's request lives
+            until its ETA plus this.
+        mode: As in :func:`abort`.
+        abort_timeout: As in :func:`abort`.
+        reason: As in :func:`abort`.
+        dry_run: Abort nothing: the batch returned lists what would be
+            aborted (``len(batch)`` counts it; ``batch.sent`` is ``False``).
+
+    Returns:
+        An :class:`AbortBatch` of the messages found.
+
+    Raises:
+        MiddlewareMissingError: No ``Abortable`` is on the broker.
+        TrackingUnavailableError: The backend does not track messages.
+        BackendUnavailableError: The event backend could not be reached.
+
+    Example:
+        >>> abort_actor("resize_image", dry_run=True)  # doctest: +SKIP
+        <AbortBatch of 1204 messages (dry run: not sent)>
+        >>> abort_actor("resize_image", reason="bad deploy").wait(10_000)  # doctest: +SKIP
+
+    """
+    found = _find_middleware(middleware, "abort_actor")
+    return found.abort_actor(actor, abort_ttl, mode, abort_timeout, reason=reason, dry_run=dry_run)
 
 
 def abort_status(message_id: Single, middleware: Abortable | None = None) -> AbortStatus | None:

@@ -170,6 +170,30 @@ class EventBackend(abc.ABC):
         """
         return None
 
+    def track(self, changes: Iterable[tuple[str, str, str, int]]) -> None:
+        """Record which messages of an actor are outstanding (optional; for ``abort_actor``).
+
+        ``changes`` holds, in order, ``("add", actor, message id, ms)`` for a
+        message sent (``ms``: when it may start, wall clock) and ``("remove",
+        actor, message id, 0)`` for one done for good.  The default does
+        nothing.
+        """
+        return None
+
+    def tracked(self, actor_name: str) -> list[tuple[str, int]]:
+        """The outstanding messages of an actor: ``(message id, ms when it may start)``.
+
+        Raises:
+            NotImplementedError: This backend does not track messages (the
+                default).
+
+        """
+        msg = (
+            f"{type(self).__name__} does not track messages: use backends.RedisBackend "
+            "or backends.StubBackend, or implement track() and tracked()"
+        )
+        raise NotImplementedError(msg)
+
     def read_status(self, message_ids: Iterable[str]) -> list[dict[str, Any] | None]:
         """Return the stored status record of each message, ``None`` where there is none.
 

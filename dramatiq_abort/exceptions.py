@@ -12,6 +12,7 @@ __all__ = [
     "DramatiqAbortError",
     "MiddlewareMissingError",
     "StatusUnavailableError",
+    "TrackingUnavailableError",
 ]
 
 
@@ -81,3 +82,7 @@ class BackendUnavailableError(DramatiqAbortError, ConnectionError):
 
 class StatusUnavailableError(DramatiqAbortError, NotImplementedError):
     """The event backend does not store abort statuses (a 1.x-style backend)."""
+
+
+class TrackingUnavailableError(DramatiqAbortError, NotImplementedError):
+    """The event backend does not track the messages of actors (a 1.x-style backend)."""

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, overload
 
 import dramatiq
 from dramatiq.broker import Broker, MessageProxy
+from dramatiq.common import q_name
 from dramatiq.errors import ActorNotFound
 from dramatiq.middleware import Middleware, SkipMessage
 from dramatiq.worker import Worker
@@ -32,7 +33,13 @@ from ._request import (
 from ._targets import Single, expand, is_many, message_id_of
 from ._watcher import Watcher
 from .events import EventBackend
-from .exceptions import Abort, BackendUnavailableError, StatusUnavailableError, describe
+from .exceptions import (
+    Abort,
+    BackendUnavailableError,
+    StatusUnavailableError,
+    TrackingUnavailableError,
+    describe,
+)
 from .status import AbortBatch, AbortHandle, AbortStatus, from_record
 
 __all__ = ["Abortable"]
@@ -76,6 +83,11 @@ class Abortable(Middleware):
             thrown into it, cleaning up in ``except``/``finally`` blocks that
             may ``await``, before its task is cancelled.  The message ends as
             aborted either way.
+        track_messages: Default of the ``track_messages`` actor option:
+            record in the event backend which messages of the actor are
+            outstanding, so :func:`~dramatiq_abort.abort_actor` can count and
+            abort them.  It costs a background write per message sent and
+            per message done (batched, off the hot path); off by default.
 
     Note:
         ``Abort`` is raised in the worker thread as an asynchronous
@@ -100,6 +112,7 @@ class Abortable(Middleware):
         abort_ttl: Duration = 90000,
         switch_interval_ms: float | None = 1.0,
         cleanup_timeout: Duration = 5000,
+        track_messages: bool = False,
     ) -> None:
         if not isinstance(backend, EventBackend):
             msg = (
@@ -129,6 +142,13 @@ class Abortable(Middleware):
             raise ValueError(msg)
         self.switch_interval_ms = switch_interval_ms
         self.cleanup_timeout = to_ms(cleanup_timeout, "cleanup_timeout")
+        if not isinstance(track_messages, bool):
+            msg = f"track_messages must be True or False, not {track_messages!r}"
+            raise TypeError(msg)
+        self.track_messages = track_messages
+        #: Ids this process re-enqueued while running them (a retry): their
+        #: delivery's ack must not untrack them.
+        self._requeued: set[str] = set()
         self.logger = dramatiq.logging.get_logger(__name__, type(self))
         self._registry = REGISTRY
         self._lookahead = Lookahead()
@@ -145,8 +165,8 @@ class Abortable(Middleware):
 
     @property
     def actor_options(self) -> set[str]:
-        """The ``abortable`` and ``abort_timeout`` options this middleware adds to actors."""
-        return {"abortable", "abort_timeout"}
+        """The ``abortable``, ``abort_timeout`` and ``track_messages`` actor options."""
+        return {"abortable", "abort_timeout", "track_messages"}
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -213,6 +233,47 @@ class Abortable(Middleware):
         if value is None:
             value = actor.options.get("abortable", self.abortable)
         return bool(value)
+
+    # -- tracking (abort_actor) ----------------------------------------------
+
+    def _tracked_actor(self, broker: Broker, actor_name: str) -> bool:
+        try:
+            actor = broker.get_actor(actor_name)
+        except ActorNotFound:
+            return self.track_messages
+        value = actor.options.get("track_messages")
+        return self.track_messages if value is None else bool(value)
+
+    def after_enqueue(self, broker: Broker, message: dramatiq.Message[Any], delay: int) -> None:
+        """Track a message sent (or sent again) of an actor whose messages are tracked."""
+        if not self._outcomes.tracks or not self._tracked_actor(broker, message.actor_name):
+            return
+        eta = message.options.get("eta")
+        start = eta if isinstance(eta, (int, float)) else message.message_timestamp
+        if delay and message.options.get("retries"):
+            # Retries sent it again: the ack of the failed delivery comes next.
+            self._requeued.add(message.message_id)
+        self._outcomes.track("add", message.actor_name, message.message_id, start)
+
+    def after_ack(self, broker: Broker, message: MessageProxy) -> None:
+        """Untrack a message done for good (not a retry, not a delayed message moving on)."""
+        self._untrack(broker, message)
+
+    def after_nack(self, broker: Broker, message: MessageProxy) -> None:
+        """Untrack a message rejected (dead-lettered)."""
+        self._untrack(broker, message)
+
+    def _untrack(self, broker: Broker, message: MessageProxy) -> None:
+        if not self._outcomes.tracks:
+            return
+        message_id = message.message_id
+        if message_id in self._requeued:
+            self._requeued.discard(message_id)
+            return
+        if q_name(message.queue_name) != message.queue_name:
+            return  # left the delay queue for its queue: still outstanding
+        if self._tracked_actor(broker, message.actor_name):
+            self._outcomes.track("remove", message.actor_name, message_id, 0)
 
     # -- messages ------------------------------------------------------------
 
@@ -450,13 +511,70 @@ class Abortable(Middleware):
                 f"string {targets!r}: pass [{targets!r}], or call abort()"
             )
             raise TypeError(msg)
+        timeout = grace_ms(abort_timeout)
+        return self._abort_all(
+            lambda: expand(targets, timeout or 0), abort_ttl, mode, abort_timeout, reason
+        )
+
+    def abort_actor(
+        self,
+        actor: dramatiq.Actor[Any, Any] | str,
+        abort_ttl: Duration | None = None,
+        mode: AbortMode | str = AbortMode.ABORT,
+        abort_timeout: Duration = DEFAULT_GRACE,
+        *,
+        reason: str | None = None,
+        dry_run: bool = False,
+    ) -> AbortBatch:
+        """Abort every outstanding message of an actor; see :func:`~dramatiq_abort.abort_actor`."""
+        if isinstance(actor, dramatiq.Actor):
+            actor_name = actor.actor_name
+        elif isinstance(actor, str) and actor:
+            actor_name = actor
+        else:
+            msg = f"actor must be a dramatiq Actor or an actor's name, not {actor!r}"
+            raise TypeError(msg)
+        if not isinstance(dry_run, bool):
+            msg = f"dry_run must be True or False, not {dry_run!r}"
+            raise TypeError(msg)
+        self._outcomes.flush(1.0)  # what this process sent is in the backend first
+        try:
+            outstanding = self.backend.tracked(actor_name)
+        except NotImplementedError as exc:
+            raise TrackingUnavailableError(str(exc)) from exc
+        except (TypeError, ValueError):
+            raise
+        except Exception as exc:
+            raise _unavailable(f"read the messages of actor {actor_name!r}", exc) from exc
+        now = time.time() * 1000
+        extra = {message_id: max(0, round(start - now)) for message_id, start in outstanding}
+        if dry_run:
+            checked = coerce_mode(mode)
+            return AbortBatch(
+                [AbortHandle(self, i, checked, check_reason(reason)) for i in extra], sent=False
+            )
+        return self._abort_all(lambda: extra, abort_ttl, mode, abort_timeout, reason)
+
+    def _abort_all(
+        self,
+        targets: Callable[[], dict[str, int]],
+        abort_ttl: Duration | None,
+        mode: AbortMode | str,
+        abort_timeout: Duration,
+        reason: str | None,
+    ) -> AbortBatch:
+        """Check the arguments, then request the abort of every id ``targets()`` gives.
+
+        ``targets`` returns each id with the ms its request must live beyond
+        the TTL; it is called once the other arguments are checked.
+        """
         mode = coerce_mode(mode)
         ttl = (
             self.abort_ttl if abort_ttl is None else to_ms(abort_ttl, "abort_ttl", allow_zero=False)
         )
         timeout = grace_ms(abort_timeout)
         reason = check_reason(reason)
-        extra = expand(targets, timeout or 0)
+        extra = targets()
         requests = [AbortRequest.create(i, mode, timeout, reason) for i in extra]
         batch = [(r.to_event(), min(MAX_MS, ttl + extra[r.message_id])) for r in requests]
         try:

@@ -230,13 +230,16 @@ class AbortBatch(Sequence[AbortHandle]):
     in one backend call per look.
     """
 
-    __slots__ = ("_handles",)
+    __slots__ = ("_handles", "sent")
 
-    def __init__(self, handles: list[AbortHandle]) -> None:
+    def __init__(self, handles: list[AbortHandle], *, sent: bool = True) -> None:
         self._handles = handles
+        #: ``False`` for a dry run (``abort_actor(dry_run=True)``): nothing was requested.
+        self.sent = sent
 
     def __repr__(self) -> str:
-        return f"<AbortBatch of {len(self._handles)} messages>"
+        dry = "" if self.sent else " (dry run: not sent)"
+        return f"<AbortBatch of {len(self._handles)} messages{dry}>"
 
     @overload
     def __getitem__(self, index: int) -> AbortHandle: ...

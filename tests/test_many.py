@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import dramatiq
@@ -23,7 +23,11 @@ from dramatiq_abort import (
     AbortBatch,
     AbortHandle,
     AbortState,
+    Event,
+    EventBackend,
+    TrackingUnavailableError,
     abort,
+    abort_actor,
     abort_many,
     abort_requested,
     abort_status,
@@ -270,3 +274,102 @@ def test_a_retry_waiting_in_its_backoff_is_cancelled_by_id(
     assert status is not None and status.state is AbortState.SKIPPED
     join(broker, queue_name, worker)
     assert attempts == [1]
+
+
+def test_abort_actor_stops_every_outstanding_message_of_one_actor(
+    broker: dramatiq.Broker, queue_name: str, start_worker: StartWorker
+) -> None:
+    """Dry run counts them; then running ones are interrupted, pending and delayed ones skipped."""
+    hold = Hold()
+    held = holder(broker, queue_name, hold, track_messages=True)
+    ran: list[str] = []
+
+    @dramatiq.actor(broker=broker, queue_name=queue_name, max_retries=0, track_messages=True)
+    def bystander(label: str) -> None:
+        ran.append(label)
+
+    for i in range(6):
+        held.send(f"m{i}")
+    held.send_with_options(args=("delayed",), delay=1500)
+    worker = start_worker(broker, worker_threads=2)
+    hold.wait("started", "m0")
+    hold.wait("started", "m1")
+    dry = abort_actor(held, dry_run=True)
+    assert (len(dry), dry.sent) == (7, False)
+    assert dry[0].status() is None  # a dry run requests nothing
+    batch = abort_actor(held, reason="bad deploy")
+    assert batch.sent and sorted(batch.message_ids) == sorted(dry.message_ids)
+    statuses = batch.wait(WAIT * 1000)
+    states = Counter(s.state for s in statuses if s is not None)
+    assert states == Counter({AbortState.INTERRUPTED: 2, AbortState.SKIPPED: 5})
+    assert {s.reason for s in statuses if s is not None} == {"bad deploy"}
+    bystander.send("after")
+    join(broker, queue_name, worker)
+    assert ran == ["after"]
+    assert len(abort_actor(held, dry_run=True)) == 0  # workers untracked what ended
+    assert len(abort_actor(bystander, dry_run=True)) == 0
+
+
+def test_abort_actor_finds_a_retry_waiting_for_its_backoff(
+    broker: dramatiq.Broker, queue_name: str, start_worker: StartWorker
+) -> None:
+    """A failed message waiting for its retry is still outstanding, and abort_actor skips it."""
+    attempts: list[int] = []
+    failed = threading.Event()
+
+    @dramatiq.actor(
+        broker=broker,
+        queue_name=queue_name,
+        max_retries=1,
+        min_backoff=1500,
+        max_backoff=1500,
+        track_messages=True,
+    )
+    def flaky() -> None:
+        attempts.append(1)
+        failed.set()
+        raise RuntimeError("the first attempt fails")
+
+    worker = start_worker(broker)
+    message = flaky.send()
+    assert failed.wait(WAIT)
+    batch = abort_actor(flaky, mode="cancel")
+    assert batch.message_ids == [message.message_id]
+    [status] = batch.wait(WAIT * 1000)
+    assert status is not None and status.state is AbortState.SKIPPED
+    join(broker, queue_name, worker)
+    assert attempts == [1]
+
+
+def test_abort_actor_needs_tracking(stub_broker: dramatiq.Broker) -> None:
+    """An untracked actor has nothing to abort; a 1.x backend says it tracks nothing."""
+    stub_broker.add_middleware(Abortable(backend=backends.StubBackend()))
+
+    @dramatiq.actor(broker=stub_broker)
+    def untracked() -> None:
+        pass
+
+    untracked.send()
+    assert len(abort_actor(untracked, dry_run=True)) == 0
+    with pytest.raises(TypeError, match="a dramatiq Actor or an actor's name, not 3"):
+        abort_actor(3)  # type: ignore[arg-type]
+
+
+def test_abort_actor_on_a_1x_backend_names_the_fix(stub_broker: dramatiq.Broker) -> None:
+    """A backend without track() raises TrackingUnavailableError."""
+
+    class Plain(EventBackend):
+        """A backend written for 1.x: the three methods only."""
+
+        def notify(self, events: Iterable[Event], ttl: int) -> None:
+            pass
+
+        def poll(self, key: str) -> Event | None:
+            return None
+
+        def wait_many(self, keys: Iterable[str], timeout: int) -> Event | None:
+            return None
+
+    stub_broker.add_middleware(Abortable(backend=Plain()))
+    with pytest.raises(TrackingUnavailableError, match="does not track messages"):
+        abort_actor("anything", dry_run=True)

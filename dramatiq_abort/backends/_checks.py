@@ -87,6 +87,32 @@ def check_ids(message_ids: Any) -> list[str]:
     return ids
 
 
+def check_tracking(changes: Any) -> list[tuple[str, str, str, int]]:
+    """Return ``changes`` (``track()``'s argument) as a list of checked tuples."""
+    if isinstance(changes, (str, bytes)) or not isinstance(changes, Iterable):
+        msg = f"changes must be an iterable of (change, actor, message id, ms), not {changes!r}"
+        raise TypeError(msg)
+    batch = []
+    for item in changes:
+        ok = (
+            isinstance(item, tuple)
+            and len(item) == 4
+            and item[0] in ("add", "remove")
+            and isinstance(item[1], str)
+            and isinstance(item[2], str)
+            and isinstance(item[3], int)
+            and not isinstance(item[3], bool)
+        )
+        if not ok:
+            msg = (
+                f"each change must be ('add' or 'remove', actor name, message id, whole ms), "
+                f"not {item!r}"
+            )
+            raise TypeError(msg)
+        batch.append(item)
+    return batch
+
+
 def check_ttl(ttl: Any) -> int:
     """Return ``ttl`` if it is a positive whole number of ms, at most :data:`MAX_MS`."""
     if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 < ttl <= MAX_MS:

@@ -37,6 +37,7 @@ from ._checks import (
     check_keys,
     check_pairs,
     check_timeout,
+    check_tracking,
     check_ttl,
     encodable,
 )
@@ -99,6 +100,12 @@ _MERGE_SHA, _STATUS_SHA, _BULK_SHA, _EXTEND_SHA, _EXTEND_STATUS_SHA = _SCRIPTS
 _BULK_FROM = 16
 #: ... with this many requests per call.
 _BULK_CHUNK = 500
+#: Tracked messages of an actor live in a sorted set under this key prefix.
+ACTOR_PREFIX = "actor:"
+#: The set itself outlives its newest member by this much, in ms.
+_TRACK_SLACK_MS = 60_000
+#: How long a tracked message is remembered at most by default: 7 days, in ms.
+DEFAULT_TRACK_TTL = 7 * 86_400_000
 #: The longest life ``extend`` gives a key, in ms.
 _MAX_TTL_MS = MAX_MS
 #: How long status records are kept by default: one day, in ms.
@@ -293,6 +300,10 @@ class RedisBackend(EventBackend):
         client: A ``redis.Redis`` client; ``None`` connects to Redis on
             localhost:6379, database 0, with the timeouts of :meth:`from_url`.
         namespace: Prefix of every key and of the announcement channel.
+        track_ttl: How long (ms or ``timedelta``) a tracked message (see
+            ``Abortable(track_messages=True)``) is remembered at most, if
+            no worker says it is done.  Seven days, dramatiq's longest
+            delay, by default.
         status_ttl: How long (ms or ``timedelta``) the status of an abort
             is kept after its last change; a request's own status lives at
             least its ``abort_ttl`` longer.  One day by default.
@@ -312,6 +323,7 @@ class RedisBackend(EventBackend):
         client: Any = None,
         namespace: str = "dramatiq:aborts:",
         status_ttl: Duration = DEFAULT_STATUS_TTL,
+        track_ttl: Duration = DEFAULT_TRACK_TTL,
     ) -> None:
         if not isinstance(namespace, str) or not namespace:
             msg = (
@@ -342,6 +354,7 @@ class RedisBackend(EventBackend):
         self.namespace = namespace
         self.channel = namespace + "events"
         self.status_ttl = to_ms(status_ttl, "status_ttl", allow_zero=False)
+        self.track_ttl = to_ms(track_ttl, "track_ttl", allow_zero=False)
 
     def __repr__(self) -> str:
         return f"RedisBackend(client={self.client!r}, namespace={self.namespace!r})"
@@ -516,6 +529,42 @@ class RedisBackend(EventBackend):
             calls.append((_EXTEND_STATUS_SHA, [self._status_key(message_id)], args))
         if calls:
             self._run_scripts(calls)
+
+    def _actor_key(self, actor_name: str) -> str:
+        return self._key(ACTOR_PREFIX + actor_name)
+
+    def track(self, changes: Iterable[tuple[str, str, str, int]]) -> None:
+        """Add and remove messages in their actor's sorted set, in order, in one round trip.
+
+        Members older than ``track_ttl`` are dropped as the set is written.
+        """
+        batch = check_tracking(changes)
+        if not batch:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        stale = time.time() * 1000 - self.track_ttl
+        touched = set()
+        for change, actor_name, message_id, start_ms in batch:
+            key = self._actor_key(actor_name)
+            if change == "add":
+                pipe.zadd(key, {message_id: start_ms})
+                touched.add(key)
+            else:
+                pipe.zrem(key, message_id)
+        for key in touched:
+            pipe.zremrangebyscore(key, "-inf", f"({stale}")
+            pipe.pexpire(key, self.track_ttl + _TRACK_SLACK_MS)
+        pipe.execute()
+
+    def tracked(self, actor_name: str) -> list[tuple[str, int]]:
+        """The outstanding messages of ``actor_name``: (message id, ms when it may start)."""
+        check_ids([actor_name])
+        key = self._actor_key(actor_name)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zremrangebyscore(key, "-inf", f"({time.time() * 1000 - self.track_ttl}")
+        pipe.zrange(key, 0, -1, withscores=True)
+        _, members = pipe.execute()
+        return [(_text(member), round(score)) for member, score in members]
 
     def read_status(self, message_ids: Iterable[str]) -> list[dict[str, Any] | None]:
         """Return each message's status record, ``None`` where there is none (``MGET``)."""

@@ -19,6 +19,7 @@ from ._checks import (
     check_keys,
     check_pairs,
     check_timeout,
+    check_tracking,
     check_ttl,
 )
 
@@ -28,6 +29,8 @@ __all__ = ["StubBackend"]
 _SWEEP_EVERY = 1.0
 #: How long status records are kept by default: one day, in ms.
 DEFAULT_STATUS_TTL = 86_400_000
+#: How long a tracked message is remembered at most by default: 7 days, in ms.
+DEFAULT_TRACK_TTL = 7 * 86_400_000
 
 
 class _StubSubscription:
@@ -63,6 +66,8 @@ class StubBackend(EventBackend):
         status_ttl: How long (ms or ``timedelta``) the status of an abort
             is kept after its last change; a request's own status lives at
             least its ``abort_ttl`` longer.  One day by default.
+        track_ttl: How long a tracked message is remembered at most, as in
+            ``RedisBackend``.
 
     Example:
         >>> from dramatiq_abort import Event, backends
@@ -73,8 +78,12 @@ class StubBackend(EventBackend):
 
     """
 
-    def __init__(self, *, status_ttl: Duration = DEFAULT_STATUS_TTL) -> None:
+    def __init__(
+        self, *, status_ttl: Duration = DEFAULT_STATUS_TTL, track_ttl: Duration = DEFAULT_TRACK_TTL
+    ) -> None:
         self.status_ttl = to_ms(status_ttl, "status_ttl", allow_zero=False)
+        self.track_ttl = to_ms(track_ttl, "track_ttl", allow_zero=False)
+        self._tracked: dict[str, dict[str, int]] = {}
         self._cond = threading.Condition(threading.Lock())
         self._events: dict[str, tuple[float, Event]] = {}
         self._statuses: dict[str, tuple[float, dict[str, Any]]] = {}
@@ -178,6 +187,27 @@ class StubBackend(EventBackend):
                     record["expires_at"] = round(until_ms)
                 keep = expires + self.status_ttl / 1000
                 self._statuses[message_id] = (max(keep, status[0]), record)
+
+    def track(self, changes: Iterable[tuple[str, str, str, int]]) -> None:
+        """Add and remove messages of their actor's set, in order."""
+        batch = check_tracking(changes)
+        with self._cond:
+            for change, actor_name, message_id, start_ms in batch:
+                members = self._tracked.setdefault(actor_name, {})
+                if change == "add":
+                    members[message_id] = start_ms
+                else:
+                    members.pop(message_id, None)
+
+    def tracked(self, actor_name: str) -> list[tuple[str, int]]:
+        """The outstanding messages of ``actor_name``: (message id, ms when it may start)."""
+        check_ids([actor_name])
+        stale = time.time() * 1000 - self.track_ttl
+        with self._cond:
+            members = self._tracked.get(actor_name, {})
+            for message_id in [i for i, ms in members.items() if ms < stale]:
+                del members[message_id]
+            return sorted(members.items(), key=lambda item: (item[1], item[0]))
 
     def read_status(self, message_ids: Iterable[str]) -> list[dict[str, Any] | None]:
         """Return each message's status record, ``None`` where there is none."""

@@ -1,4 +1,4 @@
-"""Cancel a delayed message: ``abort(message_id, mode="cancel")`` before it is due.
+"""Cancel a delayed message: ``abort(message, mode="cancel")`` before it is due.
 
 Two reminders are sent with ``send_with_options(delay=...)``; one of them
 is cancelled while it waits for its time.  When the delay is over the
@@ -6,10 +6,13 @@ worker takes both, skips the cancelled one without running its actor (the
 message is marked failed, dead-lettered, and dramatiq logs "Message ...
 was skipped."), and runs the other.
 
-A request only lives for ``abort_ttl`` milliseconds (90 s unless the
-``Abortable`` middleware says otherwise), so for a message delayed longer
-than that, pass an ``abort_ttl`` that outlasts the delay, as this recipe
-does.  A cancel is ignored by a message that has already started; use the
+Pass the ``Message`` that ``send_with_options`` returned, not only its id:
+the request then lives until the message's ETA plus ``abort_ttl``, however
+far the ETA.  This recipe gives ``abort_ttl=200`` (ms), far shorter than
+the delay, to show it.  With a bare id the request lives ``abort_ttl``
+only, as in the reference API (a worker that already holds the message in
+its delay queue keeps the request alive, but one taken later would miss
+it).  A cancel is ignored by a message that has already started; use the
 default ``mode="abort"`` to stop those too.
 
 Run it::
@@ -25,7 +28,7 @@ from __future__ import annotations
 import threading
 import time
 
-from _setup import STEP_TIMEOUT, Recipe, expect
+from _setup import STEP_TIMEOUT, Recipe, expect, fail
 
 from dramatiq_abort import abort, abortable_actor
 
@@ -53,9 +56,13 @@ def main() -> None:
         cancelled = send_reminder.send_with_options(args=("bob",), delay=DELAY)
         print(f"main: sent reminders for ada and bob, both delayed by {DELAY} ms")
 
-        ttl = DELAY + 60_000  # outlasts the delay
-        abort(cancelled.message_id, mode="cancel", abort_ttl=ttl)
-        print(f'main: abort(bob_message.message_id, mode="cancel", abort_ttl={ttl})')
+        status = abort(cancelled, mode="cancel", abort_ttl=200).status()
+        print('main: abort(bob_message, mode="cancel", abort_ttl=200)')
+        if status is None or status.expires_at is None or status.requested_at is None:
+            fail("the cancel was not recorded")
+        lives_ms = (status.expires_at - status.requested_at).total_seconds() * 1000
+        print(f"main: the request lives {lives_ms:.0f} ms: until the ETA, then abort_ttl")
+        expect(lives_ms >= DELAY, "the request would expire before the message is due")
 
         timeout = DELAY / 1000 + STEP_TIMEOUT
         kept_outcome = RECIPE.outcomes.wait(kept, timeout)

@@ -32,10 +32,12 @@ KEY_LINES = {
     "async_actor": "follow_job: aborted while awaiting",
     "async_stream": "copy_stream: stopping cleanly at a batch boundary",
     "cancel_delayed": "bob's reminder was skipped: its actor never ran",
+    "cancel_group": "main: outcomes: {'interrupted': 2, 'skipped': 6}",
     "cleanup_on_abort": "on_abort: removed dataset.bin.part",
     "graceful_stop": "stopping cleanly after",
     "guarded_subprocess": "the child wrote its goodbye: 'interrupted at step",
     "shielded_write": "Abort arrived after snapshot 3 was saved whole",
+    "stop_pipeline": "main: parse: skipped",
 }
 #: What a recipe that needs Redis prints when there is none.
 NEEDS_REDIS = "this recipe needs Redis"

@@ -3,25 +3,33 @@
 Commands:
 
 * ``demo``: cancel, abort and graceful abort, in-process, no server needed.
-* ``abort ID...``: request the abort (or ``--mode cancel``) of messages, and
-  with ``--wait SECONDS`` wait for what became of each.
+* ``abort ID...``: request the abort (or ``--mode cancel``) of messages, all
+  in one backend round trip, and with ``--wait SECONDS`` wait for what
+  became of each.
+* ``abort-actor ACTOR``: the same for every outstanding message of one
+  actor (only actors with the ``track_messages`` option are tracked);
+  ``--dry-run`` lists them and aborts nothing.
 * ``status ID...``: read where each message's abort stands, and with
   ``--wait SECONDS`` wait until every one is final.
 
-``abort`` and ``status`` talk to the Redis event backend given by ``--url``,
-else the ``DRAMATIQ_ABORT_URL`` environment variable, else ``REDIS_URL``,
-under the key prefix ``--namespace`` (``RedisBackend(namespace=...)``).
+``abort``, ``abort-actor`` and ``status`` talk to the Redis event backend
+given by ``--url``, else the ``DRAMATIQ_ABORT_URL`` environment variable,
+else ``REDIS_URL``, under the key prefix ``--namespace``
+(``RedisBackend(namespace=...)``).
 ``--json`` prints a JSON array on stdout, one object per id: the status's
 ``AbortStatus.to_dict()``, or ``{"message_id": ..., "state": null}`` for an
-id without one.  Errors go to stderr, prefixed ``dramatiq-abort: error:``.
+id without one (``abort-actor --dry-run --json`` prints one object instead:
+``{"actor": ..., "count": N, "message_ids": [...], "dry_run": true}``).
+Errors go to stderr, prefixed ``dramatiq-abort: error:``.
 
-Exit status of ``abort`` and ``status``:
+Exit status of ``abort``, ``abort-actor`` and ``status``:
 
 ==  =========================================================================
-0   Success: every abort was recorded; every status was found (and, with
-    ``--wait``, is final).
+0   Success: every abort was recorded (``abort-actor``: also none to
+    make, or a dry run); every status was found (and, with ``--wait``, is
+    final).
 1   Error: the backend is unreachable, the URL is missing or invalid, or the
-    backend stores no statuses.
+    backend stores no statuses (``abort-actor``: tracks no messages).
 2   Usage error: argparse's own, or an invalid value (``--timeout -5``).
 3   Not found: at least one id has no status (this wins over 4).
 4   Timed out: ``--wait`` ran out before every state was final.
@@ -33,7 +41,7 @@ Each subcommand is a function that adds its parser and sets a handler;
 add a new one to :data:`_COMMANDS`.
 
 Decision: the parser is the standard library's :mod:`argparse`.  It is
-enough for three subcommands with a handful of options each; click or
+enough for four subcommands with a handful of options each; click or
 typer would be a new dependency of every install for no gain.
 """
 
@@ -52,7 +60,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the library is imported when a command runs, so --help stays fast
     from .middleware import Abortable
-    from .status import AbortStatus
+    from .status import AbortBatch, AbortStatus
 
 __all__ = ["main"]
 
@@ -75,8 +83,10 @@ DEFAULT_NAMESPACE = "dramatiq:aborts:"
 
 _EXIT_STATUS = """\
 exit status:
-  0  success: every abort recorded; every status found (and, with --wait, final)
+  0  success: every abort recorded (abort-actor: or none outstanding, or a dry
+     run); every status found (and, with --wait, final)
   1  error: backend unreachable, missing or invalid URL, no status storage
+     (abort-actor: no message tracking)
   2  usage error: a bad option or value
   3  not found: at least one id has no status (wins over 4)
   4  timed out: --wait ran out before every state was final
@@ -154,8 +164,14 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _common_options() -> argparse.ArgumentParser:
-    """The options every backend command takes."""
+_JSON_HELP = (
+    "print a JSON array on stdout, one status object per id "
+    '({"message_id": ID, "state": null} for an unknown id)'
+)
+
+
+def _common_options(json_help: str = _JSON_HELP) -> argparse.ArgumentParser:
+    """The options every backend command takes; ``json_help`` is the help of ``--json``."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", metavar="URL", help=_URL_HELP)
     common.add_argument(
@@ -168,8 +184,7 @@ def _common_options() -> argparse.ArgumentParser:
     common.add_argument(
         "--json",
         action="store_true",
-        help="print a JSON array on stdout, one status object per id "
-        '({"message_id": ID, "state": null} for an unknown id)',
+        help=json_help,
     )
     return common
 
@@ -345,65 +360,95 @@ def _guarded(run: Handler) -> Handler:
 # -- abort ---------------------------------------------------------------------
 
 
-def _run_abort(args: argparse.Namespace) -> int:
-    from . import BackendUnavailableError
-    from ._request import check_reason, to_ms
+class _Request:
+    """The checked values of a request: ``ttl``, ``grace`` (keyword arguments) and ``reason``."""
 
-    ids = _check_ids(args.message_ids)
-    try:  # checked before anything is sent, so a bad value aborts nothing
-        ttl = None if args.ttl is None else to_ms(args.ttl, "--ttl", allow_zero=False)
-        timeout = None if args.timeout is None else to_ms(args.timeout, "--timeout")
-        reason = check_reason(args.reason)
+    def __init__(self, args: argparse.Namespace) -> None:
+        from ._request import check_reason, to_ms
+
+        try:  # checked before anything is sent, so a bad value aborts nothing
+            self.ttl = None if args.ttl is None else to_ms(args.ttl, "--ttl", allow_zero=False)
+            self.timeout = None if args.timeout is None else to_ms(args.timeout, "--timeout")
+            self.reason = check_reason(args.reason)
+        except (TypeError, ValueError) as exc:
+            raise _Failure(str(exc), EXIT_USAGE) from exc
+        # Without --timeout, abort_timeout is left out: the actor's own grace.
+        self.grace: dict[str, int | float] = (
+            {} if self.timeout is None else {"abort_timeout": self.timeout}
+        )
+
+    def suffix(self) -> str:
+        """What a ``requested`` line adds after the id: the reason and the grace."""
+        extra = [f"reason: {self.reason}"] if self.reason else []
+        if self.timeout is not None:
+            extra.append(f"grace {self.timeout} ms")
+        return f" ({', '.join(extra)})" if extra else ""
+
+
+def _send(send: Callable[[], AbortBatch], count: int | None = None) -> AbortBatch:
+    """Run ``send``, an abort of ``count`` messages (unknown: ``None``), mapping its errors."""
+    from . import BackendUnavailableError, TrackingUnavailableError
+
+    try:
+        return send()
     except (TypeError, ValueError) as exc:
         raise _Failure(str(exc), EXIT_USAGE) from exc
+    except TrackingUnavailableError as exc:
+        raise _Failure(str(exc), EXIT_ERROR) from exc
+    except BackendUnavailableError as exc:
+        if count == 1:  # the error says it may not have been recorded
+            raise _Failure(str(exc), EXIT_ERROR) from exc
+        if count is None:  # abort-actor: it may have failed before sending anything
+            note = (
+                "if it failed while sending the requests, none, some or all of them may "
+                "have been recorded: run the command again"
+            )
+        else:
+            note = (
+                f"none, some or all of the {count} requests may have been recorded: "
+                "run the command again, or read them with the status command"
+            )
+        raise _Failure(f"{exc} ({note})", EXIT_ERROR) from exc
+
+
+def _follow(
+    args: argparse.Namespace, middleware: Abortable, request: _Request, batch: AbortBatch
+) -> int:
+    """Print what became of the requests of ``batch``, as ``abort`` does, and the exit status."""
+    ids = batch.message_ids
+    if args.wait is not None:
+        return _report(args, ids, _wait(middleware, ids, args.wait))
+    if args.json:
+        _print_json(ids, _read(middleware, ids))
+    else:
+        suffix = request.suffix()
+        for message_id in ids:
+            print(f"requested {args.mode} of {message_id}{suffix}")
+    return EXIT_OK
+
+
+def _run_abort(args: argparse.Namespace) -> int:
+    ids = _check_ids(args.message_ids)
+    request = _Request(args)
     middleware = _middleware(args)
     try:
-        done: list[str] = []
-        for message_id in ids:
-            # Without --timeout, abort_timeout is left out: the actor's own grace.
-            grace = {} if timeout is None else {"abort_timeout": timeout}
-            try:
-                middleware.abort(message_id, abort_ttl=ttl, mode=args.mode, reason=reason, **grace)
-            except (TypeError, ValueError) as exc:
-                raise _Failure(str(exc), EXIT_USAGE) from exc
-            except BackendUnavailableError as exc:
-                sent = f" (already requested: {', '.join(done)})" if done else ""
-                raise _Failure(f"{exc}{sent}", EXIT_ERROR) from exc
-            done.append(message_id)
-            if args.wait is None and not args.json:
-                extra = [f"reason: {reason}"] if reason else []
-                if timeout is not None:
-                    extra.append(f"grace {timeout} ms")
-                suffix = f" ({', '.join(extra)})" if extra else ""
-                print(f"requested {args.mode} of {message_id}{suffix}", flush=True)
-        if args.wait is not None:
-            return _report(args, ids, _wait(middleware, ids, args.wait))
-        if args.json:
-            _print_json(ids, _read(middleware, ids))
-        return EXIT_OK
+        batch = _send(
+            lambda: middleware.abort_many(
+                ids,
+                abort_ttl=request.ttl,
+                mode=args.mode,
+                reason=request.reason,
+                **request.grace,
+            ),
+            len(ids),
+        )
+        return _follow(args, middleware, request, batch)
     finally:
         _close(middleware)
 
 
-def _add_abort(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser(
-        "abort",
-        parents=[_common_options()],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        help="request the abort (or cancel) of messages by id",
-        description=_wrap(
-            "Request the abort of each message: a worker skips it if it has not started, "
-            "and (mode abort) raises Abort in it if it is running.  With --wait, wait for "
-            "what became of each and print its status."
-        ),
-        epilog=(
-            "examples:\n"
-            "  dramatiq-abort abort 8f3c2a1e-... --reason 'user left' --wait 10\n"
-            "  DRAMATIQ_ABORT_URL=redis://localhost:6379/0 "
-            "dramatiq-abort abort ID1 ID2 --mode cancel --json\n\n" + _EXIT_STATUS
-        ),
-    )
-    parser.add_argument("message_ids", nargs="+", metavar="ID", help="the id of a message")
+def _add_request_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a request: --mode, --timeout, --ttl, --reason and --wait."""
     parser.add_argument(
         "--mode",
         choices=["abort", "cancel"],
@@ -432,7 +477,114 @@ def _add_abort(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="SECONDS",
         help="then wait up to SECONDS (all ids together) for each final state, and print it",
     )
+
+
+def _add_abort(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "abort",
+        parents=[_common_options()],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="request the abort (or cancel) of messages by id",
+        description=_wrap(
+            "Request the abort of each message: a worker skips it if it has not started, "
+            "and (mode abort) raises Abort in it if it is running.  All ids are requested "
+            "in one round trip.  With --wait, wait for what became of each and print its "
+            "status."
+        ),
+        epilog=(
+            "examples:\n"
+            "  dramatiq-abort abort 8f3c2a1e-... --reason 'user left' --wait 10\n"
+            "  DRAMATIQ_ABORT_URL=redis://localhost:6379/0 "
+            "dramatiq-abort abort ID1 ID2 --mode cancel --json\n\n" + _EXIT_STATUS
+        ),
+    )
+    parser.add_argument("message_ids", nargs="+", metavar="ID", help="the id of a message")
+    _add_request_options(parser)
     parser.set_defaults(handler=_guarded(_run_abort))
+
+
+# -- abort-actor ---------------------------------------------------------------
+
+#: How many ids a dry run lists before it only counts the rest.
+_DRY_RUN_LISTED = 20
+
+
+def _print_dry_run(args: argparse.Namespace, batch: AbortBatch) -> None:
+    ids = batch.message_ids
+    if args.json:
+        data = {"actor": args.actor, "count": len(ids), "message_ids": ids, "dry_run": True}
+        print(json.dumps(data, indent=2))
+        return
+    noun = "message" if len(ids) == 1 else "messages"
+    print(f"{len(ids)} {noun} of actor {args.actor} outstanding")
+    for message_id in ids[:_DRY_RUN_LISTED]:
+        print(message_id)
+    if len(ids) > _DRY_RUN_LISTED:
+        print(f"... and {len(ids) - _DRY_RUN_LISTED} more")
+
+
+def _run_abort_actor(args: argparse.Namespace) -> int:
+    request = _Request(args)
+    if not args.actor.strip():
+        raise _Failure("ACTOR must be an actor's name, not blank", EXIT_USAGE)
+    if args.dry_run and args.wait is not None:
+        raise _Failure("--wait has nothing to wait for with --dry-run", EXIT_USAGE)
+    middleware = _middleware(args)
+    try:
+        batch = _send(
+            lambda: middleware.abort_actor(
+                args.actor,
+                abort_ttl=request.ttl,
+                mode=args.mode,
+                reason=request.reason,
+                dry_run=args.dry_run,
+                **request.grace,
+            )
+        )
+        if args.dry_run:
+            _print_dry_run(args, batch)
+            return EXIT_OK
+        if not batch:
+            print("[]" if args.json else f"no outstanding messages of actor {args.actor}")
+            return EXIT_OK
+        return _follow(args, middleware, request, batch)
+    finally:
+        _close(middleware)
+
+
+def _add_abort_actor(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    json_help = (
+        f"{_JSON_HELP}; with --dry-run, one object: "
+        '{"actor": ACTOR, "count": N, "message_ids": [...], "dry_run": true}'
+    )
+    parser = commands.add_parser(
+        "abort-actor",
+        parents=[_common_options(json_help)],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="request the abort (or cancel) of every outstanding message of an actor",
+        description=_wrap(
+            "Request the abort of every outstanding message of one actor (pending, "
+            "delayed, waiting for a retry, or running), in one round trip, as abort does "
+            "for ids.  It finds only the messages of actors whose track_messages option is "
+            "on (Abortable(track_messages=True), or the actor's own option), which the "
+            "event backend tracks from when they are sent until a worker is done with "
+            "them.  With --dry-run, list them and abort nothing."
+        ),
+        epilog=(
+            "examples:\n"
+            "  dramatiq-abort abort-actor resize_image --dry-run\n"
+            "  dramatiq-abort abort-actor resize_image --reason 'bad deploy' --wait 30\n\n"
+            + _EXIT_STATUS
+        ),
+    )
+    parser.add_argument("actor", metavar="ACTOR", help="the name of the actor")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print how many messages (and which) would be aborted; abort nothing",
+    )
+    _add_request_options(parser)
+    parser.set_defaults(handler=_guarded(_run_abort_actor))
 
 
 # -- status --------------------------------------------------------------------
@@ -483,6 +635,7 @@ def _add_status(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 _COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _add_demo,
     _add_abort,
+    _add_abort_actor,
     _add_status,
 ]
 

@@ -1,4 +1,4 @@
-"""The operator commands ``dramatiq-abort abort`` and ``status``, run as users run them.
+"""The operator commands ``abort``, ``abort-actor`` and ``status``, run as users run them.
 
 Each test runs the installed console script in a subprocess against real
 Redis (the event backend's database, this test's own namespace) and, where
@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ import dramatiq
 import pytest
 from dramatiq import Worker
 
-from conftest import BACKEND_DB, Hold, free_port, require
+from conftest import BACKEND_DB, Hold, RedisServer, free_port, require
 from dramatiq_abort import Abortable, backends
 
 #: Seconds a command may take (the longest --wait below is 10).
@@ -29,6 +31,23 @@ TIMEOUT = 60
 URL_VARIABLES = ("DRAMATIQ_ABORT_URL", "REDIS_URL")
 
 StartWorker = Callable[..., Worker]
+
+
+def command_line(
+    *args: str, env: dict[str, str] | None = None, module: bool = False
+) -> tuple[list[str], dict[str, str]]:
+    """The command and environment of :func:`cli`, which says what the arguments are."""
+    if module:
+        command = [sys.executable, "-m", "dramatiq_abort"]
+    else:
+        script = shutil.which("dramatiq-abort", path=str(Path(sys.executable).parent))
+        require(
+            script is not None, "the dramatiq-abort script is not installed next to this Python"
+        )
+        command = [str(script)]
+    environ = {k: v for k, v in os.environ.items() if k not in URL_VARIABLES}
+    environ.update(env or {})
+    return [*command, *args], environ
 
 
 def cli(
@@ -43,18 +62,9 @@ def cli(
         module: Run ``python -m dramatiq_abort`` instead of the console script.
 
     """
-    if module:
-        command = [sys.executable, "-m", "dramatiq_abort"]
-    else:
-        script = shutil.which("dramatiq-abort", path=str(Path(sys.executable).parent))
-        require(
-            script is not None, "the dramatiq-abort script is not installed next to this Python"
-        )
-        command = [str(script)]
-    environ = {k: v for k, v in os.environ.items() if k not in URL_VARIABLES}
-    environ.update(env or {})
+    command, environ = command_line(*args, env=env, module=module)
     return subprocess.run(
-        [*command, *args],
+        command,
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
@@ -202,7 +212,7 @@ def test_status_of_known_and_unknown_ids(
     assert missing == {"message_id": "missing", "state": None}
 
 
-@pytest.mark.parametrize("command", ["abort", "status"])
+@pytest.mark.parametrize("command", ["abort", "abort-actor", "status"])
 def test_unreachable_backend(command: str, namespace: str) -> None:
     """A backend on a closed port is a one-line error on stderr and exit 1, no traceback."""
     url = f"redis://127.0.0.1:{free_port()}/0"
@@ -217,7 +227,7 @@ def test_unreachable_backend(command: str, namespace: str) -> None:
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("command", ["abort", "status"])
+@pytest.mark.parametrize("command", ["abort", "abort-actor", "status"])
 def test_missing_url(command: str) -> None:
     """With no --url and neither variable set, the error names all three, and exit is 1."""
     result = cli(command, "some-id")
@@ -321,18 +331,21 @@ def test_abort_without_wait_json(backend_args: list[str]) -> None:
     assert {s["state"] for s in statuses} == {"requested"}
 
 
-@pytest.mark.parametrize("command", ["abort", "status"])
+@pytest.mark.parametrize("command", ["abort", "abort-actor", "status"])
 def test_help(command: str) -> None:
-    """--help of abort and status exits 0 and shows the options, an example and the exit codes."""
+    """--help of each backend command exits 0 and shows the options, an example and exit codes."""
     result = cli(command, "--help")
 
     assert result.returncode == 0, output(result)
     assert result.stdout.startswith(f"usage: dramatiq-abort {command} ")
     for option in ("--url", "--namespace", "--json", "--wait", "examples:", "exit status:"):
         assert option in result.stdout
-    if command == "abort":
+    if command in ("abort", "abort-actor"):
         for option in ("--mode", "--timeout", "--ttl", "--reason"):
             assert option in result.stdout
+    if command == "abort-actor":
+        assert "--dry-run" in result.stdout
+        assert "track_messages" in result.stdout
 
 
 def test_help_with_python_m() -> None:
@@ -344,9 +357,129 @@ def test_help_with_python_m() -> None:
 
 
 def test_top_level_help_lists_the_commands() -> None:
-    """The top-level --help lists abort, status and demo."""
+    """The top-level --help lists abort, abort-actor, status and demo."""
     result = cli("--help")
 
     assert result.returncode == 0, output(result)
-    for command in ("abort", "status", "demo"):
-        assert f"    {command} " in result.stdout
+    listed = re.findall(r"^    (\S+)", result.stdout, re.MULTILINE)  # help may wrap below
+    for command in ("abort", "abort-actor", "status", "demo"):
+        assert command in listed, result.stdout
+
+
+def test_abort_many_ids_json(backend_args: list[str]) -> None:
+    """Abort of three ids with --json records all three, each requested."""
+    result = cli("abort", "id-1", "id-2", "id-3", "--reason", "bulk", "--json", *backend_args)
+
+    assert result.returncode == 0, output(result)
+    statuses = json.loads(result.stdout)
+    assert [s["message_id"] for s in statuses] == ["id-1", "id-2", "id-3"]
+    assert {(s["state"], s["reason"]) for s in statuses} == {("requested", "bulk")}
+
+
+def evalsha_calls(client: Any) -> int:
+    """How many EVALSHA commands the server has run."""
+    stats: dict[str, dict[str, int]] = client.info("commandstats")
+    return stats.get("cmdstat_evalsha", {}).get("calls", 0)
+
+
+def test_abort_is_one_round_trip(redis_server: RedisServer, namespace: str) -> None:
+    """Twenty ids are requested by one bulk script call, not one call per id."""
+    import redis
+
+    args = ["--url", f"{redis_server.url}/0", "--namespace", namespace, "--json"]
+    warm_up = cli("abort", *(f"warm-{i}" for i in range(20)), *args)  # loads the scripts
+    assert warm_up.returncode == 0, output(warm_up)
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        before = evalsha_calls(client)
+        ids = [f"bulk-{i}" for i in range(20)]
+        result = cli("abort", *ids, *args)
+        after = evalsha_calls(client)
+    finally:
+        client.close()
+
+    assert result.returncode == 0, output(result)
+    statuses = json.loads(result.stdout)
+    assert [(s["message_id"], s["state"]) for s in statuses] == [(i, "requested") for i in ids]
+    assert after - before == 1
+
+
+def wait_for_announcement(pubsub: Any) -> None:
+    """Block until the backend's channel announces a batch of requests (fail after TIMEOUT s)."""
+    deadline = time.monotonic() + TIMEOUT
+    while (left := deadline - time.monotonic()) > 0:
+        message = pubsub.get_message(timeout=left)
+        if message is not None and message["type"] == "message":
+            return
+    pytest.fail(f"no abort request was announced within {TIMEOUT} s")
+
+
+def test_abort_actor_dry_run_then_cancel(
+    redis_broker: dramatiq.Broker,
+    redis_backend: backends.RedisBackend,
+    redis_client: Any,
+    start_worker: StartWorker,
+    backend_args: list[str],
+) -> None:
+    """A dry run lists an actor's queued messages; a cancel of them all has each one skipped."""
+    middleware = Abortable(backend=redis_backend)
+    redis_broker.add_middleware(middleware)
+    ran: list[int] = []
+
+    @dramatiq.actor(max_retries=0, track_messages=True)
+    def tracked_job(number: int) -> None:
+        ran.append(number)
+
+    ids = sorted(tracked_job.send(number).message_id for number in range(3))
+    # This process writes what it tracks in the background: a dry run here writes it first.
+    assert sorted(middleware.abort_actor(tracked_job, dry_run=True).message_ids) == ids
+
+    result = cli("abort-actor", "tracked_job", "--dry-run", "--json", *backend_args)
+    assert result.returncode == 0, output(result)
+    data = json.loads(result.stdout)
+    assert {**data, "message_ids": sorted(data["message_ids"])} == {
+        "actor": "tracked_job",
+        "count": 3,
+        "message_ids": ids,
+        "dry_run": True,
+    }
+
+    result = cli("abort-actor", "tracked_job", "--dry-run", *backend_args)
+    assert result.returncode == 0, output(result)
+    head, *listed = result.stdout.splitlines()
+    assert (head, sorted(listed)) == ("3 messages of actor tracked_job outstanding", ids)
+    assert middleware.abort_statuses(ids) == [None, None, None]  # a dry run requests nothing
+
+    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(redis_backend.channel)
+    command, environ = command_line(
+        "abort-actor", "tracked_job", "--mode", "cancel", "--wait", "10", "--json", *backend_args
+    )
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ
+    ) as process:
+        try:
+            wait_for_announcement(pubsub)  # the cancels are recorded: now a worker may start
+        finally:
+            pubsub.close()
+        start_worker(redis_broker)
+        stdout, stderr = process.communicate(timeout=TIMEOUT)
+
+    assert process.returncode == 0, f"exit {process.returncode}\n{stdout}\n{stderr}"
+    statuses = json.loads(stdout)
+    assert sorted(s["message_id"] for s in statuses) == ids
+    assert {(s["state"], s["mode"]) for s in statuses} == {("skipped", "cancel")}
+    assert ran == []
+
+
+def test_abort_actor_with_nothing_outstanding(backend_args: list[str]) -> None:
+    """An actor with no tracked message has nothing to abort: a message and exit 0."""
+    result = cli("abort-actor", "idle_actor", *backend_args)
+
+    assert result.returncode == 0, output(result)
+    assert result.stdout == "no outstanding messages of actor idle_actor\n"
+    assert result.stderr == ""
+
+    result = cli("abort-actor", "idle_actor", "--json", *backend_args)
+    assert result.returncode == 0, output(result)
+    assert json.loads(result.stdout) == []

@@ -78,7 +78,7 @@ def test_demo_help() -> None:
         (
             ["frobnicate"],
             "argument COMMAND: invalid choice: 'frobnicate' "
-            "(choose from 'demo', 'abort', 'status')",
+            "(choose from 'demo', 'abort', 'abort-actor', 'status')",
         ),
         ([], "the following arguments are required: COMMAND"),
     ],

@@ -543,6 +543,25 @@ def drive_outcome(env: Env, code: str, capsys: Any, child: ChildListener) -> Non
     assert status.final and status.ended_with == "Abort"
 
 
+def drive_many(env: Env, code: str, capsys: Any, child: ChildListener) -> None:
+    """Bulk: three crunch messages are aborted in one call, each skipped or interrupted."""
+    run_snippet(code, env.namespace, filename="README: Many at once")
+    batch = env.namespace["batch"]
+    assert len(batch) == 3
+    for message in env.namespace["messages"]:
+        assert env.outcomes.wait_settled(message.message_id) == "nack"
+    out = capsys.readouterr().out
+    states = re.search(r"crunch: 3 aborted: \[(.*)\]\n", out)
+    assert states is not None, out
+    assert set(re.findall(r"'(\w+)'", states[1])) <= {"skipped", "interrupted"}
+
+
+def drive_actor_count(env: Env, code: str, capsys: Any, child: ChildListener) -> None:
+    """All messages of one actor: crunch is not tracked here, so the dry run counts 0."""
+    run_snippet(code, env.namespace, filename="README: abort_actor")
+    assert "crunch: 0 outstanding\n" in capsys.readouterr().out
+
+
 def drive_actor_grace(env: Env, code: str, capsys: Any, child: ChildListener) -> None:
     """Grace and cleanup per actor: Abort comes after the actor's 1 s; on_abort gets its args."""
 
@@ -655,6 +674,8 @@ README_DRIVERS: dict[str, ReadmeDriver] = {
     "Critical sections": drive_shield,
     "Subprocesses": drive_subprocess,
     "`async def` actors": drive_async,
+    "Bulk, groups and pipelines": drive_many,
+    "All messages of one actor": drive_actor_count,
 }
 
 

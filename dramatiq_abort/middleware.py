@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, overload
+from typing import Any, TypeVar, overload
 
 import dramatiq
 from dramatiq.broker import Broker, MessageProxy
@@ -36,6 +36,7 @@ from .events import EventBackend
 from .exceptions import (
     Abort,
     BackendUnavailableError,
+    DramatiqAbortError,
     StatusUnavailableError,
     TrackingUnavailableError,
     describe,
@@ -538,14 +539,11 @@ class Abortable(Middleware):
             msg = f"dry_run must be True or False, not {dry_run!r}"
             raise TypeError(msg)
         self._outcomes.flush(1.0)  # what this process sent is in the backend first
-        try:
-            outstanding = self.backend.tracked(actor_name)
-        except NotImplementedError as exc:
-            raise TrackingUnavailableError(str(exc)) from exc
-        except (TypeError, ValueError):
-            raise
-        except Exception as exc:
-            raise _unavailable(f"read the messages of actor {actor_name!r}", exc) from exc
+        outstanding = _read(
+            lambda: self.backend.tracked(actor_name),
+            TrackingUnavailableError,
+            f"read the messages of actor {actor_name!r}",
+        )
         now = time.time() * 1000
         extra = {message_id: max(0, round(start - now)) for message_id, start in outstanding}
         if dry_run:
@@ -605,14 +603,9 @@ class Abortable(Middleware):
     def abort_statuses(self, message_ids: Iterable[Single]) -> list[AbortStatus | None]:
         """The status of each message's abort, in one backend call; ``None`` where none is known."""
         ids = [message_id_of(message_id) for message_id in message_ids]
-        try:
-            records = self.backend.read_status(ids)
-        except NotImplementedError as exc:
-            raise StatusUnavailableError(str(exc)) from exc
-        except (TypeError, ValueError):
-            raise
-        except Exception as exc:
-            raise _unavailable("read abort statuses", exc) from exc
+        records = _read(
+            lambda: self.backend.read_status(ids), StatusUnavailableError, "read abort statuses"
+        )
         return [from_record(i, record) for i, record in zip(ids, records, strict=True)]
 
     def abort_requested(self, message_id: Single | None = None) -> float | None:
@@ -622,6 +615,24 @@ class Abortable(Middleware):
         else:
             entry = self._registry.get(message_id_of(message_id))
         return None if entry is None else self._registry.remaining_ms(entry)
+
+
+_T = TypeVar("_T")
+
+
+def _read(read: Callable[[], _T], unsupported: type[DramatiqAbortError], what: str) -> _T:
+    """Call ``read``; a missing capability raises ``unsupported``, an outage its own error.
+
+    A bad argument (``TypeError``, ``ValueError``) propagates as it is.
+    """
+    try:
+        return read()
+    except NotImplementedError as exc:
+        raise unsupported(str(exc)) from exc
+    except (TypeError, ValueError):
+        raise
+    except Exception as exc:
+        raise _unavailable(what, exc) from exc
 
 
 def _unavailable(what: str, exc: Exception, consequence: str = "") -> BackendUnavailableError:

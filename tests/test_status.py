@@ -531,31 +531,6 @@ def test_an_abort_after_a_cancel_came_too_late_interrupts(
     assert runs.abort is not None
 
 
-def test_an_abort_during_a_retry_backoff_skips_the_retry(
-    broker: dramatiq.Broker, queue_name: str, start_worker: StartWorker
-) -> None:
-    """A failed message waiting for its retry is not 'too late': its retry is skipped."""
-    failed = threading.Event()
-    attempts: list[int] = []
-
-    @dramatiq.actor(
-        broker=broker, queue_name=queue_name, max_retries=1, min_backoff=1000, max_backoff=1000
-    )
-    def flaky() -> None:
-        attempts.append(1)
-        failed.set()
-        raise RuntimeError("first attempt fails")
-
-    worker = start_worker(broker)
-    message = flaky.send()
-    assert failed.wait(WAIT)
-    status = abort(message.message_id, reason="give up").wait(WAIT * 1000)
-    assert status is not None
-    assert status.state is AbortState.SKIPPED, status
-    join(broker, queue_name, worker)
-    assert attempts == [1]
-
-
 class _PickyBackend(backends.StubBackend):
     """The in-memory backend, refusing (as a bad value) every update of message ``bad``."""
 

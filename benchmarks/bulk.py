@@ -9,6 +9,10 @@ so ``INFO commandstats`` counts only this call's commands):
 2. The same 10,000 ids aborted again (each request combined with the
    stored one).
 3. For comparison, 10,000 ids as 10,000 ``abort()`` calls.
+4. What ``track_messages`` (for ``abort_actor``) costs: CPU time of this
+   process per no-op message sent and processed (a ``StubBroker`` worker
+   with one thread in this process, the event backend on the throwaway
+   Redis), with tracking off and on, alternating, median of ``--runs``.
 
 Run it from the repository root::
 
@@ -78,7 +82,49 @@ def main(argv: list[str] | None = None) -> int:
             middleware.abort(message_id)
         print(f"  10,000 abort() calls, one per id: {time.perf_counter() - started:.3f} s")
         client.close()
+        track_cost(url, args.runs)
     return 0
+
+
+def track_cost(url: str, runs: int, messages: int = 3000) -> None:
+    """Part 4: CPU per message with ``track_messages`` off and on."""
+    import dramatiq
+    from dramatiq.brokers.stub import StubBroker
+
+    figures: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(runs):
+        for track in (False, True):
+            client = redis.Redis.from_url(url)
+            broker = StubBroker()
+            middleware = Abortable(
+                backend=backends.RedisBackend(
+                    client=client, namespace=f"track:{uuid.uuid4().hex}:"
+                ),
+                track_messages=track,
+            )
+            broker.add_middleware(middleware)
+
+            @dramatiq.actor(broker=broker, actor_name="noop", max_retries=0)
+            def noop() -> None:
+                pass
+
+            worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=50)
+            worker.start()
+            started = time.process_time()
+            for _ in range(messages):
+                noop.send()
+            broker.join(noop.queue_name)
+            worker.join()
+            middleware._outcomes.flush(30)
+            figures[track].append((time.process_time() - started) / messages * 1e6)
+            worker.stop()
+            client.close()
+    off, on = statistics.median(figures[False]), statistics.median(figures[True])
+    print(
+        f"  track_messages: CPU per message sent and processed {off:.0f} µs off, "
+        f"{on:.0f} µs on (+{on - off:.0f} µs; medians of {runs} alternating drains "
+        f"of {messages:,})"
+    )
 
 
 if __name__ == "__main__":

@@ -238,3 +238,26 @@ def test_extend_keeps_a_request_alive_and_says_so(event_backend: EventBackend) -
     [record, none] = event_backend.read_status(["x", "nobody"])
     assert record is not None and record["expires_at"] == until
     assert none is None and event_backend.poll("abort:nobody") is None
+
+
+def test_tracking_keeps_the_order_of_changes(event_backend: EventBackend) -> None:
+    """Adds and removes apply in order, per actor, however they are grouped."""
+    now = round(time.time() * 1000)
+    event_backend.track(
+        [
+            ("add", "a", "m1", now + 10),
+            ("add", "a", "m2", now + 20),
+            ("add", "b", "m3", now + 30),
+            ("remove", "a", "m1", 0),
+            ("add", "a", "m1", now + 40),  # sent again (a retry)
+            ("remove", "a", "m2", 0),
+            ("add", "a", "m4", now + 5),
+            ("remove", "a", "m4", 0),
+        ]
+    )
+    assert event_backend.tracked("a") == [("m1", now + 40)]
+    assert event_backend.tracked("b") == [("m3", now + 30)]
+    event_backend.track([("remove", "a", "m1", 0)])
+    assert event_backend.tracked("a") == []
+    with pytest.raises(TypeError, match="'add' or 'remove'"):
+        event_backend.track([("move", "a", "x", 0)])

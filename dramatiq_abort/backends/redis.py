@@ -544,13 +544,22 @@ class RedisBackend(EventBackend):
         pipe = self.client.pipeline(transaction=False)
         stale = time.time() * 1000 - self.track_ttl
         touched = set()
-        for change, actor_name, message_id, start_ms in batch:
-            key = self._actor_key(actor_name)
-            if change == "add":
-                pipe.zadd(key, {message_id: start_ms})
-                touched.add(key)
-            else:
-                pipe.zrem(key, message_id)
+        # Consecutive changes of one kind to one actor go in one command; the
+        # order between runs is kept (an add, then the remove of the same id).
+        run_key, run_change = "", ""
+        members: dict[str, int] = {}
+        for change, actor_name, message_id, start_ms in [*batch, ("", "", "", 0)]:
+            key = self._actor_key(actor_name) if change else ""
+            if (key, change) != (run_key, run_change) and members:
+                if run_change == "add":
+                    pipe.zadd(run_key, members)
+                    touched.add(run_key)
+                else:
+                    pipe.zrem(run_key, *members)
+                members = {}
+            run_key, run_change = key, change
+            if change:
+                members[message_id] = start_ms
         for key in touched:
             pipe.zremrangebyscore(key, "-inf", f"({stale}")
             pipe.pexpire(key, self.track_ttl + _TRACK_SLACK_MS)

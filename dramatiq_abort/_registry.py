@@ -530,15 +530,24 @@ class _Guarded(Generic[_R]):
             return self._fn(*args, **kwargs)
         token = None
         level = 0
+        returned: collections.deque[_R] = collections.deque(maxlen=1)
         try:
             token = _CURRENT_ENTRY.set(entry)
             # Known before _enter counts it, so an Abort landing at _enter's
             # first line leaves nothing for _leave to undo.
             level = entry.depth + 1
             registry._enter(entry)
-            return self._fn(*args, **kwargs)
+            # The result is stored by C code (deque.extend driving starmap)
+            # before this frame runs another instruction: an Abort that fires
+            # at the check right after the call (its delivery looked at the
+            # thread while the actor's code was still running) finds it here.
+            call = functools.partial(self._fn, **kwargs) if kwargs else self._fn
+            returned.extend(itertools.starmap(call, (args,)))
+            return returned[0]
         except Abort:
             entry.fired = True
+            if returned and level == 1:
+                return returned[0]  # the actor's code had returned: too late, dropped
             raise
         except _CANCELLED as exc:
             # An async def actor's coroutine cancelled because of this abort

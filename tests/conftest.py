@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Middleware
 
 from children import Child
-from dramatiq_abort import Abort, Abortable, EventBackend, backends
+from dramatiq_abort import Abort, Abortable, Event, EventBackend, backends
 
 #: Database numbers of the tests: the event backend's, then the RedisBroker's.
 BACKEND_DB = 13
@@ -471,3 +471,30 @@ def make_child(tmp_path: Path) -> Iterator[Callable[[], Child]]:
     for child in children:
         for fd in child.fds:
             os.close(fd)
+
+
+class PlainBackend(EventBackend):
+    """A backend written to the 1.x contract only: no subscribe, no poll_many."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._events: dict[str, Event] = {}
+
+    def notify(self, events: Iterable[Event], ttl: int) -> None:
+        """Store the events (they never expire here) and wake waiters."""
+        with self._cond:
+            for event in events:
+                self._events[event.key] = event
+            self._cond.notify_all()
+
+    def poll(self, key: str) -> Event | None:
+        """Return the stored event, leaving it in place."""
+        with self._cond:
+            return self._events.get(key)
+
+    def wait_many(self, keys: Iterable[str], timeout: int) -> Event | None:
+        """Wait for one of the keys, returning it again on every call."""
+        wanted = list(keys)
+        with self._cond:
+            self._cond.wait_for(lambda: any(k in self._events for k in wanted), timeout / 1000)
+            return next((self._events[k] for k in wanted if k in self._events), None)

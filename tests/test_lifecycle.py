@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import dramatiq
@@ -12,8 +12,8 @@ import pytest
 from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
 
-from conftest import join
-from dramatiq_abort import Abort, Abortable, Event, EventBackend, abort, abort_requested, backends
+from conftest import PlainBackend, join
+from dramatiq_abort import Abort, Abortable, abort, abort_requested, backends
 
 StartWorker = Callable[..., Worker]
 
@@ -222,33 +222,6 @@ def test_switch_interval_none_leaves_it_alone(stub_broker: StubBroker) -> None:
         assert sys.getswitchinterval() == before
     finally:
         worker.stop()
-
-
-class PlainBackend(EventBackend):
-    """A backend written to the 1.x contract only: no subscribe, no poll_many."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._events: dict[str, Event] = {}
-
-    def notify(self, events: Iterable[Event], ttl: int) -> None:
-        """Store the events (they never expire here) and wake waiters."""
-        with self._cond:
-            for event in events:
-                self._events[event.key] = event
-            self._cond.notify_all()
-
-    def poll(self, key: str) -> Event | None:
-        """Return the stored event, leaving it in place."""
-        with self._cond:
-            return self._events.get(key)
-
-    def wait_many(self, keys: Iterable[str], timeout: int) -> Event | None:
-        """Wait for one of the keys, returning it again on every call."""
-        wanted = list(keys)
-        with self._cond:
-            self._cond.wait_for(lambda: any(k in self._events for k in wanted), timeout / 1000)
-            return next((self._events[k] for k in wanted if k in self._events), None)
 
 
 def test_a_plain_1x_backend_still_aborts(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import dramatiq
@@ -17,14 +17,12 @@ import pytest
 import redis
 from dramatiq import Worker
 
-from conftest import WAIT, Hold, RedisServer, join
+from conftest import WAIT, Hold, PlainBackend, RedisServer, join
 from dramatiq_abort import (
     Abortable,
     AbortBatch,
     AbortHandle,
     AbortState,
-    Event,
-    EventBackend,
     TrackingUnavailableError,
     abort,
     abort_actor,
@@ -355,19 +353,6 @@ def test_abort_actor_needs_tracking(stub_broker: dramatiq.Broker) -> None:
 
 def test_abort_actor_on_a_1x_backend_names_the_fix(stub_broker: dramatiq.Broker) -> None:
     """A backend without track() raises TrackingUnavailableError."""
-
-    class Plain(EventBackend):
-        """A backend written for 1.x: the three methods only."""
-
-        def notify(self, events: Iterable[Event], ttl: int) -> None:
-            pass
-
-        def poll(self, key: str) -> Event | None:
-            return None
-
-        def wait_many(self, keys: Iterable[str], timeout: int) -> Event | None:
-            return None
-
-    stub_broker.add_middleware(Abortable(backend=Plain()))
+    stub_broker.add_middleware(Abortable(backend=PlainBackend()))
     with pytest.raises(TrackingUnavailableError, match="does not track messages"):
         abort_actor("anything", dry_run=True)

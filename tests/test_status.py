@@ -19,7 +19,7 @@ from dramatiq import Worker
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import WAIT, LogWatch, join
+from conftest import WAIT, LogWatch, PlainBackend, join
 from dramatiq_abort import (
     Abort,
     Abortable,
@@ -261,25 +261,9 @@ def test_lua_and_python_status_rules_agree(
     assert stored == expected
 
 
-def _plain_backend() -> EventBackend:
-    class Plain(EventBackend):
-        """A backend written for 1.x: the three methods only."""
-
-        def notify(self, events: Iterable[Event], ttl: int) -> None:
-            pass
-
-        def poll(self, key: str) -> Event | None:
-            return None
-
-        def wait_many(self, keys: Iterable[str], timeout: int) -> Event | None:
-            return None
-
-    return Plain()
-
-
 def test_a_1x_backend_says_it_keeps_no_status(stub_broker: dramatiq.Broker) -> None:
     """abort() works on a 1.x backend, and asking its status names the fix."""
-    middleware = Abortable(backend=_plain_backend())
+    middleware = Abortable(backend=PlainBackend())
     stub_broker.add_middleware(middleware)
     handle = abort("m", reason="r")
     assert isinstance(handle, AbortHandle)

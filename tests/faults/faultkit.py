@@ -177,10 +177,12 @@ class WorkerProcess:
         log_dir: Path,
         *,
         threads: int = 4,
+        processes: int = 1,
         shutdown_timeout_ms: int = 30_000,
         **env: str,
     ) -> None:
         self.config = config
+        self.processes = processes
         self.log_path = log_dir / f"worker-{uuid.uuid4().hex[:8]}.log"
         self.command = [
             sys.executable,
@@ -190,7 +192,7 @@ class WorkerProcess:
             "--path",
             str(HERE),
             "--processes",
-            "1",
+            str(processes),
             "--threads",
             str(threads),
             "--queues",
@@ -321,7 +323,7 @@ class Scenario:
         worker = WorkerProcess(self.config, self.log_dir, **options)
         worker.start()
         self.started.append(worker)
-        ready = len(self.log.of("ready")) + 1
+        ready = len(self.log.of("ready")) + worker.processes  # one per worker process
         try:
             self.log.wait_for("ready", count=ready)
         except AssertionError:

@@ -530,23 +530,24 @@ class _Guarded(Generic[_R]):
             return self._fn(*args, **kwargs)
         token = None
         level = 0
-        returned: collections.deque[_R] = collections.deque(maxlen=1)
+        # The result is stored by C code before this frame runs another
+        # instruction: a defaultdict calls its factory (the actor) and stores
+        # what it returns in one C call.  An Abort that fires at the check
+        # right after the call (its delivery looked at the thread while the
+        # actor's code was still running) then finds it.  (A deque fed by an
+        # iterator would take a StopIteration the actor raises for its end.)
+        returned: collections.defaultdict[int, _R] = collections.defaultdict()
         try:
             token = _CURRENT_ENTRY.set(entry)
             # Known before _enter counts it, so an Abort landing at _enter's
             # first line leaves nothing for _leave to undo.
             level = entry.depth + 1
             registry._enter(entry)
-            # The result is stored by C code (deque.extend driving starmap)
-            # before this frame runs another instruction: an Abort that fires
-            # at the check right after the call (its delivery looked at the
-            # thread while the actor's code was still running) finds it here.
-            call = functools.partial(self._fn, **kwargs) if kwargs else self._fn
-            returned.extend(itertools.starmap(call, (args,)))
+            returned.default_factory = functools.partial(self._fn, *args, **kwargs)
             return returned[0]
         except Abort:
             entry.fired = True
-            if returned and level == 1:
+            if 0 in returned and level == 1:
                 return returned[0]  # the actor's code had returned: too late, dropped
             raise
         except _CANCELLED as exc:

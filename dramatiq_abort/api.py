@@ -134,7 +134,12 @@ def abort_many(
             stand for is aborted, each once.  For a pipeline, every stage:
             the running one stops, and no later stage starts after this
             returns (each later stage's request lives ``abort_ttl`` plus the
-            delays of the stages before it plus the grace).
+            delays of the stages before it plus the longest grace before
+            it: ``abort_timeout``, else the actors' own, when they are
+            declared in this process).  With ``mode="cancel"`` the running
+            stage runs on, and a later stage is skipped only if it comes up
+            within ``abort_ttl``; a stage whose actor is not abortable is
+            not stopped.
         middleware: As in :func:`abort`.
         abort_ttl: As in :func:`abort`; a ``Message`` with an ETA gets it
             on top, as in :func:`abort`.

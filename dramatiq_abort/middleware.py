@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -32,7 +33,7 @@ from ._request import (
 )
 from ._targets import Single, expand, is_many, message_id_of
 from ._watcher import Watcher
-from .events import EventBackend
+from .events import Event, EventBackend
 from .exceptions import (
     Abort,
     BackendUnavailableError,
@@ -158,6 +159,8 @@ class Abortable(Middleware):
         #: waiting for a retry): id -> ETA, wall-clock ms.
         self._delayed: dict[str, float] = {}
         self._prune_delayed_at = _DELAYED_PRUNE_AT
+        #: The ``abort_timeout`` option of each actor declared here, in ms.
+        self._actor_grace: dict[str, int] = {}
         self._watcher = Watcher(
             backend, REGISTRY, self._lookahead, self._outcomes, self._request_for_delayed
         )
@@ -216,6 +219,7 @@ class Abortable(Middleware):
             actor.options["abort_timeout"] = to_ms(
                 grace, f"abort_timeout of actor {actor.actor_name!r}"
             )
+            self._actor_grace[actor.actor_name] = actor.options["abort_timeout"]
         # The guard confines delivery to the actor's own code; listing Abort
         # in ``throws`` makes Retries fail the message instead of retrying it
         # and makes the worker log one line instead of a traceback.
@@ -251,7 +255,7 @@ class Abortable(Middleware):
             return
         eta = message.options.get("eta")
         start = eta if isinstance(eta, (int, float)) else message.message_timestamp
-        if delay and message.options.get("retries"):
+        if delay is not None and message.options.get("retries"):
             # Retries sent it again: the ack of the failed delivery comes next.
             self._requeued.add(message.message_id)
         self._outcomes.track("add", message.actor_name, message.message_id, start)
@@ -281,7 +285,7 @@ class Abortable(Middleware):
     def before_delay_message(self, broker: Broker, message: MessageProxy) -> None:
         """Note a message put in this worker's delay queue; keep a request for it alive."""
         eta = message.options.get("eta")
-        if isinstance(eta, bool) or not isinstance(eta, (int, float)):
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta):
             return
         delayed = self._delayed
         if len(delayed) >= self._prune_delayed_at:
@@ -514,8 +518,14 @@ class Abortable(Middleware):
             raise TypeError(msg)
         timeout = grace_ms(abort_timeout)
         return self._abort_all(
-            lambda: expand(targets, timeout or 0), abort_ttl, mode, abort_timeout, reason
+            lambda: expand(targets, self._grace_of(timeout)), abort_ttl, mode, abort_timeout, reason
         )
+
+    def _grace_of(self, timeout: int | None) -> Callable[[str], int]:
+        """The grace a running message of an actor gets: ``timeout``, else the actor's own."""
+        if timeout is not None:
+            return lambda actor_name: timeout
+        return lambda actor_name: self._actor_grace.get(actor_name, 0)
 
     def abort_actor(
         self,
@@ -577,7 +587,7 @@ class Abortable(Middleware):
         batch = [(r.to_event(), min(MAX_MS, ttl + extra[r.message_id])) for r in requests]
         try:
             if batch:
-                self.backend.notify_many(batch)
+                _notify(self.backend, batch)
         except (TypeError, ValueError):
             raise  # a bad argument, not an outage
         except Exception as exc:
@@ -615,6 +625,17 @@ class Abortable(Middleware):
         else:
             entry = self._registry.get(message_id_of(message_id))
         return None if entry is None else self._registry.remaining_ms(entry)
+
+
+def _notify(backend: EventBackend, batch: list[tuple[Event, int]]) -> None:
+    """``notify_many``, unless a subclass overrides ``notify`` below it: then that ``notify``."""
+    cls = type(backend)
+    notify_owner = next(c for c in cls.__mro__ if "notify" in c.__dict__)
+    many_owner = next(c for c in cls.__mro__ if "notify_many" in c.__dict__)
+    if issubclass(many_owner, notify_owner):
+        backend.notify_many(batch)
+    else:
+        EventBackend.notify_many(backend, batch)  # one notify() per TTL
 
 
 _T = TypeVar("_T")

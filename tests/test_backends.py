@@ -230,7 +230,8 @@ def test_a_backend_without_notify_many_gets_one_notify_per_ttl() -> None:
 
 def test_extend_keeps_a_request_alive_and_says_so(event_backend: EventBackend) -> None:
     """extend() makes a stored request outlive its TTL and moves its status's expires_at."""
-    event_backend.notify([Event("abort:x", {"mode": "cancel", "requested_at": 1.0e12})], ttl=100)
+    stamp = time.time() * 1000
+    event_backend.notify([Event("abort:x", {"mode": "cancel", "requested_at": stamp})], ttl=100)
     until = round(time.time() * 1000) + 60_000
     event_backend.extend([("x", until), ("nobody", until)])
     time.sleep(0.2)  # past the TTL of 100 ms: a clock to wait for, nothing else
@@ -248,16 +249,31 @@ def test_tracking_keeps_the_order_of_changes(event_backend: EventBackend) -> Non
             ("add", "a", "m1", now + 10),
             ("add", "a", "m2", now + 20),
             ("add", "b", "m3", now + 30),
-            ("remove", "a", "m1", 0),
-            ("add", "a", "m1", now + 40),  # sent again (a retry)
             ("remove", "a", "m2", 0),
             ("add", "a", "m4", now + 5),
             ("remove", "a", "m4", 0),
         ]
     )
-    assert event_backend.tracked("a") == [("m1", now + 40)]
+    assert event_backend.tracked("a") == [("m1", now + 10)]
     assert event_backend.tracked("b") == [("m3", now + 30)]
     event_backend.track([("remove", "a", "m1", 0)])
     assert event_backend.tracked("a") == []
+    # A late add (from the sender, after the worker's remove) stays out.
+    event_backend.track([("add", "a", "m1", now + 50)])
+    assert event_backend.tracked("a") == []
     with pytest.raises(TypeError, match="'add' or 'remove'"):
         event_backend.track([("move", "a", "x", 0)])
+
+
+def test_extend_never_brings_an_expired_request_back(event_backend: EventBackend) -> None:
+    """Once a request has expired, extend() leaves its status expired and creates nothing."""
+    old = time.time() * 1000 - 60_000
+    event_backend.notify([Event("abort:gone", {"mode": "cancel", "requested_at": old})], ttl=50)
+    deadline = time.monotonic() + 5
+    while event_backend.poll("abort:gone") is not None:
+        assert time.monotonic() < deadline, "the request outlived its TTL by seconds"
+        time.sleep(0.01)  # waiting for a clock: nothing to wait on but time
+    event_backend.extend([("gone", round(time.time() * 1000) + 3_600_000)])
+    assert event_backend.poll("abort:gone") is None
+    [record] = event_backend.read_status(["gone"])
+    assert record is not None and record["expires_at"] < time.time() * 1000

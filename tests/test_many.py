@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import dramatiq
@@ -23,6 +23,7 @@ from dramatiq_abort import (
     AbortBatch,
     AbortHandle,
     AbortState,
+    Event,
     TrackingUnavailableError,
     abort,
     abort_actor,
@@ -356,3 +357,53 @@ def test_abort_actor_on_a_1x_backend_names_the_fix(stub_broker: dramatiq.Broker)
     stub_broker.add_middleware(Abortable(backend=PlainBackend()))
     with pytest.raises(TrackingUnavailableError, match="does not track messages"):
         abort_actor("anything", dry_run=True)
+
+
+def test_a_backend_that_overrides_notify_still_sees_every_request(
+    stub_broker: dramatiq.Broker,
+) -> None:
+    """A subclass that overrides only notify() is called for bulk aborts too."""
+    seen: list[str] = []
+
+    class Logged(backends.StubBackend):
+        """The in-memory backend, logging what it is told."""
+
+        def notify(self, events: Iterable[Event], ttl: int) -> None:
+            batch = list(events)
+            seen.extend(event.key for event in batch)
+            super().notify(batch, ttl)
+
+    stub_broker.add_middleware(Abortable(backend=Logged()))
+    abort_many([f"m{i}" for i in range(20)])
+    assert sorted(seen) == sorted(f"abort:m{i}" for i in range(20))
+
+
+def test_a_pipeline_keeps_the_grace_of_its_actors(
+    stub_broker: dramatiq.Broker, queue_name: str, start_worker: StartWorker
+) -> None:
+    """Without abort_timeout, a later stage's request outlives the running stage's own grace."""
+    stub_broker.add_middleware(Abortable(backend=backends.StubBackend()))
+    started = threading.Event()
+    later: list[str] = []
+
+    @dramatiq.actor(broker=stub_broker, queue_name=queue_name, abort_timeout=1500)
+    def slow_to_stop() -> str:
+        started.set()
+        deadline = time.monotonic() + WAIT
+        while abort_requested() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        time.sleep(0.6)  # wrapping up inside its grace, longer than abort_ttl
+        return "done"
+
+    @dramatiq.actor(broker=stub_broker, queue_name=queue_name)
+    def after(value: str) -> None:
+        later.append(value)
+
+    pipe = dramatiq.pipeline([slow_to_stop.message(), after.message()], broker=stub_broker).run()
+    worker = start_worker(stub_broker)
+    assert started.wait(WAIT)
+    first, second = abort(pipe, abort_ttl=200).wait(WAIT * 1000)
+    join(stub_broker, queue_name, worker)
+    assert first is not None and first.ended_with == "returned"
+    assert second is not None and second.state is AbortState.SKIPPED
+    assert later == []

@@ -398,3 +398,22 @@ def test_aborted_message_is_not_retried_and_logs_no_traceback(
     assert [m.message_id for m in stub_broker.dead_letters] == [message.message_id]
     assert problems_in_logs(caplog.records) == []
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_an_actor_that_raises_stop_iteration_ends_with_it(
+    stub_broker: dramatiq.Broker, start_worker: Callable[..., Worker]
+) -> None:
+    """The guard hands on what the actor raised, StopIteration included, and what it returned."""
+    stub_broker.add_middleware(Abortable(backend=backends.StubBackend()))
+    outcomes = Outcomes()
+    stub_broker.add_middleware(outcomes)
+
+    @dramatiq.actor(broker=stub_broker, max_retries=0)
+    def ends(kind: str) -> None:
+        if kind == "stop":
+            next(iter([]))
+
+    start_worker(stub_broker)
+    stopped, returned = ends.send("stop"), ends.send("return")
+    assert outcomes.ended(stopped.message_id) == "StopIteration"
+    assert outcomes.ended(returned.message_id) == "done"

@@ -73,13 +73,18 @@ local left = redis.call('PTTL', KEYS[1])
 if left >= 0 and left < want then redis.call('PEXPIRE', KEYS[1], want) return 1 end
 return 0
 """
-#: Move the ``expires_at`` of the status record at ``KEYS[1]``, if it exists, to
-#: at least ``ARGV[1]`` (wall-clock ms), and keep it alive ``ARGV[2]`` ms at least.
+#: Move the ``expires_at`` of the status record at ``KEYS[1]`` to at least
+#: ``ARGV[1]`` (wall-clock ms), and keep it alive ``ARGV[2]`` ms at least; only
+#: a ``requested`` record whose request still lives (its ``expires_at`` is not
+#: before ``ARGV[3]``, now): an expired one must not come back.
 _EXTEND_STATUS_LUA = """
 local raw = redis.pcall('GET', KEYS[1])
 if type(raw) ~= 'string' then return 0 end
 local ok, record = pcall(cjson.decode, raw)
-if not ok or type(record) ~= 'table' then return 0 end
+if not ok or type(record) ~= 'table' or record.state ~= 'requested' then return 0 end
+if type(record.expires_at) == 'number' and record.expires_at < tonumber(ARGV[3]) then
+  return 0
+end
 local until_ms = tonumber(ARGV[1])
 if type(record.expires_at) ~= 'number' or record.expires_at < until_ms then
   record.expires_at = until_ms
@@ -90,18 +95,47 @@ if left > keep then keep = left end
 redis.call('SET', KEYS[1], cjson.encode(record), 'PX', keep)
 return 1
 """
+#: Track: ``KEYS`` the actor's outstanding set and its done set; ``ARGV[1]``
+#: ``add`` or ``remove``, ``ARGV[2]`` now (ms), ``ARGV[3]`` and ``ARGV[4]`` the
+#: stamps before which outstanding and done members are dropped, ``ARGV[5]``
+#: the sets' life (ms); then ``id, ms`` pairs (add) or ids (remove).  An id
+#: done (removed) is not added again: its add came late, from another process.
+_TRACK_LUA = """
+local first = 6
+if ARGV[1] == 'add' then
+  for i = first, #ARGV, 2 do
+    if not redis.call('ZSCORE', KEYS[2], ARGV[i]) then
+      redis.call('ZADD', KEYS[1], ARGV[i + 1], ARGV[i])
+    end
+  end
+else
+  for i = first, #ARGV do
+    redis.call('ZREM', KEYS[1], ARGV[i])
+    redis.call('ZADD', KEYS[2], ARGV[2], ARGV[i])
+  end
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+return 1
+"""
 #: The scripts by digest, computed here so no round trip is needed to learn them.
 _SCRIPTS = {
     hashlib.sha1(lua.encode("utf-8")).hexdigest(): lua
-    for lua in (MERGE_LUA, STATUS_LUA, _BULK_LUA, _EXTEND_LUA, _EXTEND_STATUS_LUA)
+    for lua in (MERGE_LUA, STATUS_LUA, _BULK_LUA, _EXTEND_LUA, _EXTEND_STATUS_LUA, _TRACK_LUA)
 }
-_MERGE_SHA, _STATUS_SHA, _BULK_SHA, _EXTEND_SHA, _EXTEND_STATUS_SHA = _SCRIPTS
+_MERGE_SHA, _STATUS_SHA, _BULK_SHA, _EXTEND_SHA, _EXTEND_STATUS_SHA, _TRACK_SHA = _SCRIPTS
 #: From this many abort requests on, ``notify_many`` uses the bulk script ...
 _BULK_FROM = 16
 #: ... with this many requests per call.
 _BULK_CHUNK = 500
-#: Tracked messages of an actor live in a sorted set under this key prefix.
+#: Tracked messages of an actor live in a sorted set under this key prefix
+#: (followed by ``{actor name}``: a hash tag, so both sets share a slot) ...
 ACTOR_PREFIX = "actor:"
+#: ... and the ids done lately in another, for an hour.
+DONE_PREFIX = "actor-done:"
+_DONE_FOR_MS = 3_600_000
 #: The set itself outlives its newest member by this much, in ms.
 _TRACK_SLACK_MS = 60_000
 #: How long a tracked message is remembered at most by default: 7 days, in ms.
@@ -525,50 +559,51 @@ class RedisBackend(EventBackend):
             want = min(_MAX_TTL_MS, max(1, round(until_ms - now)))
             calls.append((_EXTEND_SHA, [self._key(key_for(message_id))], (want,)))
             keep = min(_MAX_TTL_MS, want + self.status_ttl)
-            args = (round(until_ms), keep)
+            args = (round(until_ms), keep, round(now))
             calls.append((_EXTEND_STATUS_SHA, [self._status_key(message_id)], args))
         if calls:
             self._run_scripts(calls)
 
-    def _actor_key(self, actor_name: str) -> str:
-        return self._key(ACTOR_PREFIX + actor_name)
+    def _actor_keys(self, actor_name: str) -> list[str]:
+        """The actor's outstanding set and its set of done ids, in one hash slot."""
+        tag = "{" + actor_name + "}"
+        return [self._key(ACTOR_PREFIX + tag), self._key(DONE_PREFIX + tag)]
 
     def track(self, changes: Iterable[tuple[str, str, str, int]]) -> None:
         """Add and remove messages in their actor's sorted set, in order, in one round trip.
 
-        Members older than ``track_ttl`` are dropped as the set is written.
+        A removed id is remembered for an hour, and an ``add`` of it comes
+        too late and is ignored: the add of a message (written by its
+        sender) may reach Redis after its remove (written by the worker
+        that finished it).  Members older than ``track_ttl`` are dropped as
+        the set is written.
         """
         batch = check_tracking(changes)
         if not batch:
             return
-        pipe = self.client.pipeline(transaction=False)
-        stale = time.time() * 1000 - self.track_ttl
-        touched = set()
-        # Consecutive changes of one kind to one actor go in one command; the
+        now = round(time.time() * 1000)
+        head = (now, now - self.track_ttl, now - _DONE_FOR_MS, self.track_ttl + _TRACK_SLACK_MS)
+        calls: list[tuple[str, list[str], tuple[Any, ...]]] = []
+        # Consecutive changes of one kind to one actor go in one call; the
         # order between runs is kept (an add, then the remove of the same id).
-        run_key, run_change = "", ""
-        members: dict[str, int] = {}
+        run: tuple[str, str] = ("", "")
+        members: list[Any] = []
         for change, actor_name, message_id, start_ms in [*batch, ("", "", "", 0)]:
-            key = self._actor_key(actor_name) if change else ""
-            if (key, change) != (run_key, run_change) and members:
-                if run_change == "add":
-                    pipe.zadd(run_key, members)
-                    touched.add(run_key)
-                else:
-                    pipe.zrem(run_key, *members)
-                members = {}
-            run_key, run_change = key, change
-            if change:
-                members[message_id] = start_ms
-        for key in touched:
-            pipe.zremrangebyscore(key, "-inf", f"({stale}")
-            pipe.pexpire(key, self.track_ttl + _TRACK_SLACK_MS)
-        pipe.execute()
+            if (change, actor_name) != run and members:
+                kind, name = run
+                calls.append((_TRACK_SHA, self._actor_keys(name), (kind, *head, *members)))
+                members = []
+            run = (change, actor_name)
+            if change == "add":
+                members += [message_id, start_ms]
+            elif change:
+                members.append(message_id)
+        self._run_scripts(calls)
 
     def tracked(self, actor_name: str) -> list[tuple[str, int]]:
         """The outstanding messages of ``actor_name``: (message id, ms when it may start)."""
         check_ids([actor_name])
-        key = self._actor_key(actor_name)
+        key = self._actor_keys(actor_name)[0]
         pipe = self.client.pipeline(transaction=False)
         pipe.zremrangebyscore(key, "-inf", f"({time.time() * 1000 - self.track_ttl}")
         pipe.zrange(key, 0, -1, withscores=True)

@@ -29,6 +29,8 @@ __all__ = ["StubBackend"]
 _SWEEP_EVERY = 1.0
 #: How long status records are kept by default: one day, in ms.
 DEFAULT_STATUS_TTL = 86_400_000
+#: Seconds a removed (done) id is remembered, so a late add of it is ignored.
+_DONE_FOR_S = 3600.0
 #: How long a tracked message is remembered at most by default: 7 days, in ms.
 DEFAULT_TRACK_TTL = 7 * 86_400_000
 
@@ -84,6 +86,7 @@ class StubBackend(EventBackend):
         self.status_ttl = to_ms(status_ttl, "status_ttl", allow_zero=False)
         self.track_ttl = to_ms(track_ttl, "track_ttl", allow_zero=False)
         self._tracked: dict[str, dict[str, int]] = {}
+        self._done: dict[str, dict[str, float]] = {}  # actor -> id -> when removed
         self._cond = threading.Condition(threading.Lock())
         self._events: dict[str, tuple[float, Event]] = {}
         self._statuses: dict[str, tuple[float, dict[str, Any]]] = {}
@@ -179,25 +182,34 @@ class StubBackend(EventBackend):
                 if event is not None and now < event[0] < expires:
                     self._events[key_for(message_id)] = (expires, event[1])
                 status = self._statuses.get(message_id)
-                if status is None or status[0] <= now:
+                if status is None or status[0] <= now or status[1].get("state") != "requested":
                     continue
                 record = status[1]
                 stamp = record.get("expires_at")
+                if isinstance(stamp, (int, float)) and stamp < wall * 1000:
+                    continue  # its request expired: it must not come back
                 if not isinstance(stamp, (int, float)) or stamp < until_ms:
                     record["expires_at"] = round(until_ms)
                 keep = expires + self.status_ttl / 1000
                 self._statuses[message_id] = (max(keep, status[0]), record)
 
     def track(self, changes: Iterable[tuple[str, str, str, int]]) -> None:
-        """Add and remove messages of their actor's set, in order."""
+        """Add and remove messages of their actor's set, in order; a removed id stays out 1 h."""
         batch = check_tracking(changes)
+        now = time.monotonic()
         with self._cond:
             for change, actor_name, message_id, start_ms in batch:
                 members = self._tracked.setdefault(actor_name, {})
+                done = self._done.setdefault(actor_name, {})
                 if change == "add":
-                    members[message_id] = start_ms
+                    if now - done.get(message_id, -_DONE_FOR_S) >= _DONE_FOR_S:
+                        members[message_id] = start_ms  # not done lately: not a late add
                 else:
                     members.pop(message_id, None)
+                    done[message_id] = now
+            for done in self._done.values():
+                for message_id in [i for i, when in done.items() if now - when >= _DONE_FOR_S]:
+                    del done[message_id]
 
     def tracked(self, actor_name: str) -> list[tuple[str, int]]:
         """The outstanding messages of ``actor_name``: (message id, ms when it may start)."""

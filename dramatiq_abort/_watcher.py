@@ -226,8 +226,8 @@ class Watcher:
             noted = lookahead.noted(message_id)
             running = registry.get(message_id)
             if not noted and running is None:
-                if self._delayed is not None and not resync:
-                    self._delayed(message_id)
+                if self._delayed is not None:
+                    self._delayed(message_id)  # after a reconnect too: it may have been missed
                 finished = None if resync else registry.finished(message_id)
                 if finished is not None:
                     late = AbortRequest.from_event(event)

@@ -155,6 +155,13 @@ class Abortable(Middleware):
         self._registry = REGISTRY
         self._lookahead = Lookahead()
         self._outcomes = Outcomes(backend)
+        if track_messages and not self._outcomes.tracks:
+            self.logger.warning(
+                "track_messages=True has no effect: %s does not track messages "
+                "(use backends.RedisBackend or backends.StubBackend, or implement track() "
+                "and tracked())",
+                type(backend).__name__,
+            )
         #: Messages in this worker's delay queue (sent with ``delay``, or
         #: waiting for a retry): id -> ETA, wall-clock ms.
         self._delayed: dict[str, float] = {}

@@ -407,3 +407,9 @@ def test_a_pipeline_keeps_the_grace_of_its_actors(
     assert first is not None and first.ended_with == "returned"
     assert second is not None and second.state is AbortState.SKIPPED
     assert later == []
+
+
+def test_tracking_on_a_backend_that_cannot_track_says_so(log_watch: Any) -> None:
+    """Abortable(track_messages=True) on a 1.x backend warns at once that it has no effect."""
+    Abortable(backend=PlainBackend(), track_messages=True)
+    assert log_watch.count("track_messages=True has no effect: PlainBackend") == 1

@@ -151,6 +151,8 @@ class Abortable(Middleware):
         #: Ids this process re-enqueued while running them (a retry): their
         #: delivery's ack must not untrack them.
         self._requeued: set[str] = set()
+        #: Whether any actor's messages are tracked; ``None``: not worked out yet.
+        self._any_tracked: bool | None = None
         self.logger = dramatiq.logging.get_logger(__name__, type(self))
         self._registry = REGISTRY
         self._lookahead = Lookahead()
@@ -218,6 +220,7 @@ class Abortable(Middleware):
 
     def after_declare_actor(self, broker: Broker, actor: dramatiq.Actor[Any, Any]) -> None:
         """Prepare each actor so ``Abort`` only lands inside its code."""
+        self._any_tracked = None  # it may be tracked: look again
         self._prepare(actor)
 
     def _prepare(self, actor: dramatiq.Actor[Any, Any]) -> None:
@@ -248,6 +251,16 @@ class Abortable(Middleware):
 
     # -- tracking (abort_actor) ----------------------------------------------
 
+    def _tracking(self, broker: Broker) -> bool:
+        """Whether any message here may be tracked: worked out once, not per message."""
+        tracking = self._any_tracked
+        if tracking is None:
+            tracking = self._any_tracked = self._outcomes.tracks and (
+                self.track_messages
+                or any(a.options.get("track_messages") for a in broker.actors.values())
+            )
+        return tracking
+
     def _tracked_actor(self, broker: Broker, actor_name: str) -> bool:
         try:
             actor = broker.get_actor(actor_name)
@@ -258,7 +271,7 @@ class Abortable(Middleware):
 
     def after_enqueue(self, broker: Broker, message: dramatiq.Message[Any], delay: int) -> None:
         """Track a message sent (or sent again) of an actor whose messages are tracked."""
-        if not self._outcomes.tracks or not self._tracked_actor(broker, message.actor_name):
+        if not self._tracking(broker) or not self._tracked_actor(broker, message.actor_name):
             return
         eta = message.options.get("eta")
         start = eta if isinstance(eta, (int, float)) else message.message_timestamp
@@ -276,8 +289,8 @@ class Abortable(Middleware):
         self._untrack(broker, message)
 
     def _untrack(self, broker: Broker, message: MessageProxy) -> None:
-        if not self._outcomes.tracks:
-            return
+        if not self._tracking(broker):
+            return  # the default: nothing tracked, nothing to do per message
         message_id = message.message_id
         if message_id in self._requeued:
             self._requeued.discard(message_id)

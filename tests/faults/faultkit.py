@@ -86,7 +86,9 @@ class StepLog:
 
     def _pull(self, timeout: float) -> list[dict[str, Any]]:
         """Block (BLPOP) up to ``timeout`` s for the next step, then take up to 1,000 more."""
-        item = self.client.blpop([self.key], timeout=max(0.01, timeout))
+        # At most 2 s a call: redis-py 8 reads with a 5 s socket timeout by
+        # default, and a longer BLPOP fails with TimeoutError; the caller loops.
+        item = self.client.blpop([self.key], timeout=max(0.01, min(timeout, 2.0)))
         if item is None:
             return []
         raws = [item[1], *(self.client.lpop(self.key, 1000) or [])]  # LPOP count: Redis 6.2+

@@ -207,12 +207,56 @@ def redis_backend(redis_client: Any, namespace: str) -> backends.RedisBackend:
     return backends.RedisBackend(client=redis_client, namespace=namespace)
 
 
-@pytest.fixture(params=["stub", "redis"])
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """A Redis Cluster's URL: ``REDIS_CLUSTER_URL``, else a throwaway 3-primary cluster."""
+    pytest.importorskip("redis")
+    url = os.environ.get("REDIS_CLUSTER_URL")
+    if url:
+        yield url
+        return
+    for program in ("redis-server", "redis-cli"):
+        require(shutil.which(program) is not None, f"{program} is not installed (Redis Cluster)")
+    from topologies import ClusterServers
+
+    cluster = ClusterServers()
+    try:
+        cluster.start()
+        yield cluster.url
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def cluster_backend(redis_cluster_url: str, namespace: str) -> Iterator[backends.RedisBackend]:
+    """A RedisBackend on the Redis Cluster, under this test's namespace; its keys go at teardown."""
+    backend = backends.RedisBackend.from_url(redis_cluster_url, namespace=namespace)
+    yield backend
+    delete_prefix(backend.client, namespace)
+    backend.client.close()
+
+
+@pytest.fixture
+def sentinel_servers() -> Iterator[Any]:
+    """A throwaway primary, replica and Sentinel (``topologies.SentinelServers``), started."""
+    pytest.importorskip("redis")
+    require(shutil.which("redis-server") is not None, "redis-server is not installed (Sentinel)")
+    from topologies import SentinelServers
+
+    servers = SentinelServers()
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.close()
+
+
+@pytest.fixture(params=["stub", "redis", "cluster"])
 def event_backend(request: pytest.FixtureRequest) -> EventBackend:
-    """Every built-in event backend, in turn."""
+    """Every built-in event backend, in turn: in memory, one Redis, a Redis Cluster."""
     if request.param == "stub":
         return backends.StubBackend()
-    backend: EventBackend = request.getfixturevalue("redis_backend")
+    backend: EventBackend = request.getfixturevalue(f"{request.param}_backend")
     return backend
 
 
@@ -268,15 +312,21 @@ def rabbitmq_broker() -> Iterator[dramatiq.Broker]:
     broker.close()
 
 
-BROKER_KINDS = ["stub", "redis", "rabbitmq"]
+#: The end-to-end pairs: each broker with its event backend; ``cluster`` is
+#: RabbitMQ with the backend on a Redis Cluster (dramatiq's RedisBroker
+#: cannot use a cluster).
+BROKER_KINDS = ["stub", "redis", "rabbitmq", "cluster"]
 
 
 @pytest.fixture(params=BROKER_KINDS)
 def broker(request: pytest.FixtureRequest) -> dramatiq.Broker:
     """Each real broker in turn, with an Abortable on the matching event backend."""
-    broker: dramatiq.Broker = request.getfixturevalue(f"{request.param}_broker")
+    kind = "rabbitmq" if request.param == "cluster" else request.param
+    broker: dramatiq.Broker = request.getfixturevalue(f"{kind}_broker")
     if request.param == "stub":
         backend: EventBackend = backends.StubBackend()
+    elif request.param == "cluster":
+        backend = request.getfixturevalue("cluster_backend")
     else:
         backend = request.getfixturevalue("redis_backend")
     broker.add_middleware(Abortable(backend=backend))

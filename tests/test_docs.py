@@ -408,8 +408,11 @@ def test_readme_runs(
     readme_redis: Any,
     capsys: pytest.CaptureFixture[str],
     child_listener: ChildListener,
+    redis_cluster_url: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The README's snippets run in order and do what the text around them says."""
+    monkeypatch.setenv("REDIS_CLUSTER_URL", redis_cluster_url)
     try:
         for heading, code in readme_blocks():
             driver = README_DRIVERS.get(heading)
@@ -562,6 +565,34 @@ def drive_actor_count(env: Env, code: str, capsys: Any, child: ChildListener) ->
     assert "crunch: 0 outstanding\n" in capsys.readouterr().out
 
 
+def drive_topologies(env: Env, code: str, capsys: Any, child: ChildListener) -> None:
+    """Redis Cluster and Sentinel: a cluster backend from REDIS_CLUSTER_URL, a Sentinel one."""
+    import redis.cluster
+    import redis.sentinel
+
+    run_snippet(code, env.namespace, filename="README: Redis Cluster and Sentinel")
+    cluster = env.namespace["cluster_backend"]
+    sentinel = env.namespace["sentinel_backend"]
+    try:
+        assert isinstance(cluster.client, redis.cluster.RedisCluster)
+        assert len(cluster.client.get_primaries()) == 3  # it found the cluster's layout
+        pool = sentinel.client.connection_pool  # made without connecting
+        assert isinstance(pool, redis.sentinel.SentinelConnectionPool)
+        assert pool.service_name == "mymaster"
+        assert pool.connection_kwargs["db"] == 0
+        addresses = [
+            (
+                c.connection_pool.connection_kwargs["host"],
+                c.connection_pool.connection_kwargs["port"],
+            )
+            for c in pool.sentinel_manager.sentinels
+        ]
+        assert addresses == [("127.0.0.1", 26379), ("127.0.0.1", 26380)]
+    finally:
+        cluster.client.close()
+        sentinel.client.close()
+
+
 def drive_actor_grace(env: Env, code: str, capsys: Any, child: ChildListener) -> None:
     """Grace and cleanup per actor: Abort comes after the actor's 1 s; on_abort gets its args."""
 
@@ -676,6 +707,7 @@ README_DRIVERS: dict[str, ReadmeDriver] = {
     "`async def` actors": drive_async,
     "Bulk, groups and pipelines": drive_many,
     "All messages of one actor": drive_actor_count,
+    "Redis Cluster and Sentinel": drive_topologies,
 }
 
 

@@ -17,13 +17,14 @@ import hashlib
 import inspect
 import json
 import logging
-import re
+import random
 import ssl
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis
+import redis.cluster
 
 from .._fdcheck import readable_check, wait_readable
 from .._merge import MERGE_FUNCTIONS, MERGE_LUA
@@ -41,6 +42,7 @@ from ._checks import (
     check_ttl,
     encodable,
 )
+from ._redis_urls import URL_DEFAULTS, client_from_url
 
 __all__ = ["RedisBackend"]
 
@@ -151,12 +153,6 @@ _DRAIN_REPLIES = 100
 _EXISTS_FIRST = 8
 #: Most keys in one MGET or EXISTS; more go in several, pipelined.
 _MGET_KEYS = 1000
-#: Client options :meth:`RedisBackend.from_url` sets unless the caller does.
-_URL_DEFAULTS: dict[str, Any] = {
-    "socket_connect_timeout": 5,
-    "socket_timeout": 10,
-    "health_check_interval": 30,
-}
 
 
 def _text(value: Any) -> str:
@@ -207,8 +203,8 @@ class _RedisSubscription:
     read then raises, so the watcher opens a new one and re-checks.
     """
 
-    def __init__(self, client: Any, channel: str) -> None:
-        self._pubsub = client.pubsub()
+    def __init__(self, pubsub: Any, channel: str) -> None:
+        self._pubsub = pubsub
         self._connection: Any = None
         self._sock: Any = None
         self._ssl_pending: Callable[[], int] | None = None
@@ -383,8 +379,10 @@ class RedisBackend(EventBackend):
             )
             raise TypeError(msg)
         if client is None:
-            client = redis.Redis(**_URL_DEFAULTS)
+            client = redis.Redis(**URL_DEFAULTS)
         self.client = client
+        #: A Redis Cluster: no command names keys of two slots (see ``docs/architecture.md``).
+        self._cluster = isinstance(client, redis.cluster.RedisCluster)
         self.namespace = namespace
         self.channel = namespace + "events"
         self.status_ttl = to_ms(status_ttl, "status_ttl", allow_zero=False)
@@ -394,18 +392,35 @@ class RedisBackend(EventBackend):
         return f"RedisBackend(client={self.client!r}, namespace={self.namespace!r})"
 
     @classmethod
-    def from_url(cls, url: str, *args: Any, **kwargs: Any) -> RedisBackend:
+    def from_url(cls, url: str, *args: Any, cluster: bool = False, **kwargs: Any) -> RedisBackend:
         """Initialize the backend from a Redis URL such as ``redis://localhost:6379/0``.
 
-        The client gets finite socket timeouts and a health check every 30
-        seconds (options in the URL's query string win).  Extra keyword
-        arguments (``namespace=``) are passed on to the default constructor.
+        Three kinds of URL are understood:
+
+        - ``redis://``, ``rediss://``, ``unix://``: one Redis server.
+        - ``redis+cluster://host:7000,host:7001``: a Redis Cluster, found
+          from any node named; or a ``redis://`` URL of one node with
+          ``cluster=True``.
+        - ``redis+sentinel://host:26379,host2:26379/mymaster/0``: the
+          primary that the Sentinels (port 26379 by default) name for the
+          service ``mymaster``; database 0.  A user and password before the
+          addresses are the primary's; ``sentinel_password`` in the query
+          string is the Sentinels' own.
+
+        The client gets finite socket timeouts and (one server, Sentinel)
+        a health check every 30 seconds; options in the URL's query string
+        win.  Extra keyword arguments (``namespace=``) are passed on to the
+        default constructor.
 
         Raises:
             TypeError: ``url`` is not a string, or extra arguments are
                 positional or include ``client``.
-            ValueError: ``url`` is not a valid Redis URL (the password is
-                masked in the message), or ``namespace`` is empty.
+            ValueError: ``url`` is not a valid Redis URL, or names an option
+                redis-py does not know (the password is masked in the
+                message), or ``namespace`` is empty.
+            redis.ConnectionError: A cluster URL, and no node named answers
+                as a cluster node: a ``RedisCluster`` asks for the cluster's
+                layout when it is made.
         """
         if args:
             msg = (
@@ -419,25 +434,9 @@ class RedisBackend(EventBackend):
                 "or put client options in the URL's query string (?socket_timeout=5)"
             )
             raise TypeError(msg)
-        expected = "a Redis URL such as 'redis://localhost:6379/0'"
-        if not isinstance(url, str):
-            raise TypeError(f"url must be {expected}, not {url!r}")
-        # Name the URL in errors, but not its password.
-        head, sep, query = url.partition("?")
-        shown = re.sub(r"(?<=://).*@", "***@", head, count=1) + sep + query
-        if "://" not in url:
-            raise ValueError(f"url must be {expected}, not {shown!r}")
-        try:
-            url.encode("utf-8")
-            client = redis.Redis.from_url(url, **_URL_DEFAULTS)
-            # Build (without connecting) one connection, so an option in the
-            # query string that redis-py does not know fails here, not at first use.
-            pool = client.connection_pool
-            pool.connection_class(**pool.connection_kwargs)
-        except (TypeError, ValueError) as exc:
-            msg = f"url must be {expected}, not {shown!r}: {exc}"
-            raise ValueError(msg) from exc
-        return cls(client=client, **kwargs)
+        if not isinstance(cluster, bool):
+            raise TypeError(f"cluster must be True or False, not {cluster!r}")
+        return cls(client=client_from_url(url, cluster=cluster), **kwargs)
 
     def _key(self, key: str) -> str:
         return self.namespace + key
@@ -471,7 +470,11 @@ class RedisBackend(EventBackend):
             for (event, ttl), change in zip(items, changes, strict=True)
             if change is not None
         ]
-        if len(items) >= _BULK_FROM and len(requests) == len(items):
+        # On a cluster every call names one key, and the announcement waits
+        # until every node has stored its share: the nodes run the pipeline
+        # side by side, so a PUBLISH in it could overtake a store.
+        publish_after = self._cluster
+        if len(items) >= _BULK_FROM and len(requests) == len(items) and not self._cluster:
             calls = self._bulk_calls(requests, announcement)
         else:
             calls = []
@@ -482,11 +485,13 @@ class RedisBackend(EventBackend):
             for index, (event, ttl) in enumerate(items):
                 # Only the last call publishes: if the script is missing,
                 # nothing is announced before the requests are stored.
-                last = index == len(items) - 1
+                last = index == len(items) - 1 and not publish_after
                 channel, payload = (self.channel, announcement) if last else ("", "")
                 value = json.dumps(event.params)
                 calls.append((_MERGE_SHA, [self._key(event.key)], (value, ttl, channel, payload)))
         self._run_scripts(calls)
+        if publish_after:
+            self.client.publish(self.channel, announcement)
 
     def _bulk_calls(
         self, requests: list[tuple[Event, int, StatusUpdate]], announcement: str
@@ -514,7 +519,9 @@ class RedisBackend(EventBackend):
         for attempt in range(2):
             pipe = self.client.pipeline(transaction=False)
             for sha, keys, args in calls:
-                pipe.evalsha(sha, len(keys), *keys, *args)
+                # execute_command: a cluster pipeline refuses its evalsha(),
+                # not the command (it routes it by its keys).
+                pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
             results = pipe.execute(raise_on_error=False)
             missing = []
             for call, result in zip(calls, results, strict=True):
@@ -672,6 +679,11 @@ class RedisBackend(EventBackend):
             One reply per chunk.
 
         """
+        if self._cluster:
+            # One command per hash slot, pipelined to each node by redis-py.
+            if command == "mget":
+                return [self.client.mget_nonatomic(names)]
+            return [self.client.exists(*names)]
         chunks = [names[i : i + _MGET_KEYS] for i in range(0, len(names), _MGET_KEYS)]
         if len(chunks) == 1:
             return [getattr(self.client, command)(*chunks[0])]
@@ -700,4 +712,10 @@ class RedisBackend(EventBackend):
 
     def subscribe(self) -> Subscription:
         """Open a subscription to the announcement channel, live on return."""
-        return _RedisSubscription(self.client, self.channel)
+        if self._cluster:
+            # Any node will do: a PUBLISH reaches every node of a cluster.  A
+            # node picked at random spreads the workers' subscriptions, and a
+            # new subscription after a failure tries another node.
+            node = random.choice(self.client.get_primaries())
+            return _RedisSubscription(self.client.pubsub(node=node), self.channel)
+        return _RedisSubscription(self.client.pubsub(), self.channel)

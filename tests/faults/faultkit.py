@@ -362,6 +362,11 @@ def scenario(
     finally:
         for worker in world.started:
             worker.close()
+        if backend_url is not None:
+            # The test's own keys on its own backend server (a cluster, a
+            # Sentinel's primary); a server the test stopped has none to lose.
+            with contextlib.suppress(redis.RedisError):
+                delete_prefix(client.backend.client, config.backend_ns)
         client.close()
         delete_prefix(log_client, config.backend_ns)
         if not config.broker_url.startswith("amqp"):

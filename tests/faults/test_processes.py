@@ -1,5 +1,7 @@
 """The real ``dramatiq`` command with several worker processes, on a RedisBroker.
 
+The event backend is the tests' Redis, then a Redis Cluster (``redis+cluster://``).
+
 ``dramatiq faultapp --processes 2 --threads 4``: messages are sent from this
 process, some cancelled while they wait in the queue, some aborted while
 they run in either worker process, and each ends as asked; the command then
@@ -11,6 +13,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from dramatiq_abort import AbortState, abort_many
 from faultkit import WAIT, assert_clean_output, report, scenario
 
@@ -18,9 +22,13 @@ from faultkit import WAIT, assert_clean_output, report, scenario
 SHORT = 1.0
 
 
-def test_two_processes_of_four_threads(redis_base_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["redis", "cluster"])
+def test_two_processes_of_four_threads(
+    redis_base_url: str, tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
     """Pending and running aborts each land in whichever process holds the message."""
-    with scenario(redis_base_url, tmp_path) as world:
+    backend_url = request.getfixturevalue("redis_cluster_url") if backend == "cluster" else None
+    with scenario(redis_base_url, tmp_path, backend_url=backend_url) as world:
         # Each process prefetches as many messages as it has threads (dramatiq's
         # default is twice as many), so eight long ones spread over both.
         worker = world.worker(processes=2, threads=4, dramatiq_queue_prefetch="4")
@@ -58,7 +66,7 @@ def test_two_processes_of_four_threads(redis_base_url: str, tmp_path: Path) -> N
     assert aborted_in == pids, "each process received aborts of the messages it ran"
     assert_clean_output(worker)
     report(
-        "two worker processes",
+        f"two worker processes ({backend})",
         processes=len(pids),
         interrupted=states[AbortState.INTERRUPTED],
         skipped=states[AbortState.SKIPPED],

@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -207,3 +208,63 @@ def throwaway_redis(prefix: str) -> Iterator[str]:
         finally:
             process.terminate()
             process.wait(10)
+
+
+@contextlib.contextmanager
+def throwaway_cluster(prefix: str, primaries: int = 3) -> Iterator[tuple[str, list[str]]]:
+    """Run a private Redis Cluster of ``primaries`` nodes; yield its URL and each node's URL."""
+    binary = redis_server_binary() or "/usr/bin/redis-server"
+    ports = [free_port() for _ in range(primaries)]
+    processes = []
+    with tempfile.TemporaryDirectory(prefix=prefix) as workdir:
+        try:
+            for port in ports:
+                node_dir = Path(workdir) / str(port)
+                node_dir.mkdir()
+                args = ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(node_dir)]
+                args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+                # The bus port is port + 10,000 by default: past 65,535 for a high port.
+                args += ["--cluster-port", str(free_port())]
+                processes.append(
+                    subprocess.Popen(
+                        [binary, *args, "--save", "", "--appendonly", "no"],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
+            nodes = [redis.Redis(port=port, socket_connect_timeout=1) for port in ports]
+            for node in nodes:
+                for _ in range(100):
+                    with contextlib.suppress(redis.ConnectionError):
+                        if node.ping():
+                            break
+                    time.sleep(0.05)  # polling a server we just started; nothing to wait on
+            subprocess.run(
+                [
+                    "redis-cli",
+                    "--cluster",
+                    "create",
+                    *(f"127.0.0.1:{p}" for p in ports),
+                    "--cluster-replicas",
+                    "0",
+                    "--cluster-yes",
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                timeout=60,
+            )
+            for node in nodes:
+                for _ in range(200):
+                    with contextlib.suppress(redis.ConnectionError):
+                        if node.cluster("info")["cluster_state"] == "ok":
+                            break
+                    time.sleep(0.05)  # polling the cluster forming; nothing to wait on
+                else:
+                    raise RuntimeError("the throwaway cluster did not form")
+                node.close()
+            url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports)
+            yield url, [f"redis://127.0.0.1:{p}" for p in ports]
+        finally:
+            for process in processes:
+                process.terminate()
+                process.wait(10)

@@ -13,7 +13,11 @@ measures per worker process:
 3. **Commands per message** while 2,000 no-op messages are drained (no
    aborts: the hot path only).
 
-and prints them with what they come to for 100 processes.  The broker is a
+and prints them with what they come to for 100 processes.  It does so on
+one server, then on a throwaway Redis Cluster of 3 primaries
+(``redis+cluster://``), where each figure is summed over the nodes and the
+busiest node's connections are given too (``--only single|cluster`` runs
+one).  The broker is a
 RedisBroker on ``REDIS_URL`` (default ``redis://127.0.0.1:6379``), database
 15, under a namespace of its own, deleted at the end.
 
@@ -21,11 +25,12 @@ Run it from the repository root::
 
     python benchmarks/sizing.py
 
-It takes about a minute.
+It takes about two minutes.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -38,7 +43,14 @@ import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
-from _common import command_counts, delete_keys, redis_server_binary, throwaway_redis, with_db
+from _common import (
+    command_counts,
+    delete_keys,
+    redis_server_binary,
+    throwaway_cluster,
+    throwaway_redis,
+    with_db,
+)
 
 HERE = Path(__file__).resolve().parent
 THREADS = 8
@@ -48,21 +60,45 @@ IDLE_S = 10.0
 OWN = ("evalsha", "mget", "exists", "get", "ping", "subscribe", "publish", "hello", "client")
 
 
-def settle(client: redis.Redis, channel: str, subscribers: int) -> None:
-    """Wait until ``subscribers`` watchers listen on ``channel`` and connections stop changing."""
+def _clients(nodes: list[redis.Redis]) -> int:
+    return sum(int(node.info("clients")["connected_clients"]) for node in nodes)
+
+
+def _counts(nodes: list[redis.Redis]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for node in nodes:
+        for name, calls in command_counts(node).items():
+            total[name] = total.get(name, 0) + calls
+    return total
+
+
+def settle(nodes: list[redis.Redis], channel: str, subscribers: int) -> None:
+    """Wait until ``subscribers`` watchers listen on ``channel`` and connections stop changing.
+
+    On a cluster each node counts only its own subscribers: they are summed.
+    """
     deadline = time.monotonic() + 60
-    while dict(client.pubsub_numsub(channel)).get(channel.encode(), 0) < subscribers:
+    while (
+        sum(dict(node.pubsub_numsub(channel)).get(channel.encode(), 0) for node in nodes)
+        < subscribers
+    ):
         if time.monotonic() > deadline:
             raise RuntimeError(f"fewer than {subscribers} watchers subscribed within 60 s")
         time.sleep(0.1)  # polling the server: nothing announces a subscription
     last = -1
-    while (now := int(client.info("clients")["connected_clients"])) != last:
+    while (now := _clients(nodes)) != last:
         last = now
         time.sleep(0.5)
 
 
-def run(processes: int, backend_url: str, broker_url: str) -> dict[str, float]:
-    """Start the command with ``processes`` processes; measure; stop it."""
+def run(
+    processes: int, backend_url: str, node_urls: list[str], broker_url: str
+) -> dict[str, float]:
+    """Start the command with ``processes`` processes; measure; stop it.
+
+    ``backend_url`` is what the workers use; ``node_urls`` are the servers
+    behind it (one, or each node of a cluster), measured and summed.
+    """
     namespace = f"dramatiq-abort-sizing-{uuid.uuid4().hex[:8]}"
     queue = f"sizing-{uuid.uuid4().hex[:8]}"
     env = dict(
@@ -73,8 +109,8 @@ def run(processes: int, backend_url: str, broker_url: str) -> dict[str, float]:
         SIZING_QUEUE=queue,
         PYTHONPATH=str(HERE),
     )
-    backend = redis.Redis.from_url(backend_url)
-    base = int(backend.info("clients")["connected_clients"])
+    nodes = [redis.Redis.from_url(url) for url in node_urls]
+    base = [int(node.info("clients")["connected_clients"]) for node in nodes]
     command = [sys.executable, "-m", "dramatiq", "_sizing_app", "--path", str(HERE)]
     command += ["--processes", str(processes), "--threads", str(THREADS), "--queues", queue]
     worker = subprocess.Popen(
@@ -82,62 +118,90 @@ def run(processes: int, backend_url: str, broker_url: str) -> dict[str, float]:
     )
     broker = RedisBroker(url=broker_url, namespace=namespace)
     try:
-        settle(backend, "dramatiq:aborts:events", processes)
-        connections = int(backend.info("clients")["connected_clients"]) - base
-        before = command_counts(backend)
+        settle(nodes, "dramatiq:aborts:events", processes)
+        connections = _clients(nodes) - sum(base)
+        before = _counts(nodes)
         time.sleep(IDLE_S)  # measuring what an idle worker sends over time
-        idle = sum(v for k, v in command_counts(backend).items() if k != "info") - sum(
+        idle = sum(v for k, v in _counts(nodes).items() if k != "info") - sum(
             v for k, v in before.items() if k != "info"
         )
         message = dramatiq.Message(
             queue_name=queue, actor_name="noop", args=(), kwargs={}, options={}
         )
-        before = command_counts(backend)
+        before = _counts(nodes)
         for _ in range(MESSAGES):
             broker.enqueue(message.copy(message_id=str(uuid.uuid4())))
         broker.join(queue, timeout=120_000)
-        after = command_counts(backend)
+        after = _counts(nodes)
         busy = {k: after.get(k, 0) - before.get(k, 0) for k in after if k != "info"}
-        busy_connections = int(backend.info("clients")["connected_clients"]) - base
+        per_node = [
+            int(node.info("clients")["connected_clients"]) - b
+            for node, b in zip(nodes, base, strict=True)
+        ]
         per_message = sum(v for k, v in busy.items() if k in OWN) / MESSAGES
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(60)
         delete_keys(broker.client, namespace)
         broker.close()
-        backend.close()
+        for node in nodes:
+            node.close()
     return {
         "connections": connections / processes,
-        "busy_connections": busy_connections / processes,
+        "busy_connections": sum(per_node) / processes,
+        "busy_per_node": max(per_node) / processes,
         "idle_per_s": idle / processes / IDLE_S,
         "per_message": per_message,
     }
 
 
+def _table(backend_url: str, node_urls: list[str], broker_url: str) -> list[dict[str, float]]:
+    print("processes  connections/process (idle, after work)  idle cmds/s/process  calls/message")
+    rows = []
+    for processes in (1, 2, 4):
+        row = run(processes, backend_url, node_urls, broker_url)
+        rows.append(row)
+        pair = f"{row['connections']:.1f}, {row['busy_connections']:.1f}"
+        print(
+            f"{processes:>9}  {pair:>37}  {row['idle_per_s']:>19.2f}  {row['per_message']:>13.3f}"
+        )
+    return rows
+
+
 def main() -> int:
-    """Measure 1, 2 and 4 processes and print the sizing table."""
+    """Measure 1, 2 and 4 processes on one server, then on a 3-primary cluster; print both."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--only", choices=["single", "cluster"], help="measure one topology (default: both)"
+    )
+    options = parser.parse_args()
     if redis_server_binary() is None:
         print("needs redis-server on PATH", file=sys.stderr)
         return 1
     broker_url = with_db(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379"), 15)
-    print(f"dramatiq command, {THREADS} threads a process; event backend alone on its server")
-    print("processes  connections/process (idle, after work)  idle cmds/s/process  calls/message")
-    rows = []
-    with throwaway_redis("dramatiq-abort-sizing-") as backend_url:
-        for processes in (1, 2, 4):
-            row = run(processes, backend_url, broker_url)
-            rows.append(row)
-            pair = f"{row['connections']:.1f}, {row['busy_connections']:.1f}"
-            print(
-                f"{processes:>9}  {pair:>37}  {row['idle_per_s']:>19.2f}  "
-                f"{row['per_message']:>13.3f}"
-            )
-    connections = max(row["busy_connections"] for row in rows)
-    print(
-        f"For 100 processes: about {connections * 100:.0f} connections to the event backend's "
-        f"Redis (raise maxclients above that), no commands while idle, and about "
-        f"{max(row['per_message'] for row in rows):.2f} calls per message processed."
-    )
+    print(f"dramatiq command, {THREADS} threads a process; event backend alone on its servers")
+    if options.only in (None, "single"):
+        print("\nOne Redis server:")
+        with throwaway_redis("dramatiq-abort-sizing-") as backend_url:
+            rows = _table(backend_url, [backend_url], broker_url)
+        connections = max(row["busy_connections"] for row in rows)
+        print(
+            f"For 100 processes: about {connections * 100:.0f} connections to the event "
+            f"backend's Redis (raise maxclients above that), no commands while idle, and "
+            f"about {max(row['per_message'] for row in rows):.2f} calls per message processed."
+        )
+    if options.only in (None, "cluster"):
+        print("\nA Redis Cluster of 3 primaries (connections and calls summed over the nodes):")
+        with throwaway_cluster("dramatiq-abort-sizing-") as (cluster_url, node_urls):
+            rows = _table(cluster_url, node_urls, broker_url)
+        total = max(row["busy_connections"] for row in rows)
+        node = max(row["busy_per_node"] for row in rows)
+        print(
+            f"For 100 processes: about {total * 100:.0f} connections in all, at most "
+            f"{node * 100:.0f} on one node (each node's maxclients must allow that), no "
+            f"commands while idle, and about {max(row['per_message'] for row in rows):.2f} "
+            f"calls per message processed, over all nodes."
+        )
     return 0
 
 

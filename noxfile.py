@@ -1,4 +1,4 @@
-"""Automation: ``nox`` runs the default sessions (tests, faults, lint, typecheck).
+"""Automation: ``nox`` runs the default sessions (tests, faults, lint, typecheck, docs).
 
 The test sessions install the package as a built wheel, the way users get it.
 """
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["tests", "faults", "lint", "typecheck"]
+nox.options.sessions = ["tests", "faults", "lint", "typecheck", "docs"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
@@ -46,6 +46,36 @@ def typecheck(session: nox.Session) -> None:
     """Check the package and tests/typing with mypy --strict."""
     session.install(".[redis]", *_group("typecheck"))
     session.run("mypy")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build docs/ with Sphinx (warnings are errors), run its examples, check the rendered pages.
+
+    The HTML goes to docs/_build/html.  The doctest builder runs every example
+    of the pages (the recipes they include run in the tests session).  Then
+    tests/test_docs_site.py, given the build directory in ``DOCS_BUILD_DIR``,
+    screenshots the home and API pages with headless Chromium into
+    docs/_build/screenshots and checks them; without that variable (as in the
+    tests session) it skips.  ``-E`` rereads every page, so a warning shows on
+    every run, not only on the run that changed its page.
+    """
+    session.install(".[redis,prometheus]", *_group("tests"), *_group("docs"))
+    build = Path("docs", "_build")
+    for builder in ("html", "doctest"):
+        session.run(
+            "sphinx-build",
+            *("-W", "--keep-going", "-E", "-b", builder),
+            *("-d", str(build / "doctrees")),
+            "docs",
+            str(build / builder),
+        )
+    session.run(
+        "pytest",
+        "tests/test_docs_site.py",
+        *session.posargs,
+        env={"DOCS_BUILD_DIR": str(build.resolve())},
+    )
 
 
 @nox.session

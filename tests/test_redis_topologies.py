@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -121,6 +122,9 @@ def test_cluster_from_url_forms(redis_cluster_url: str, namespace: str) -> None:
         ("unix:///tmp/r.sock", {"cluster": True}, r"cluster=True takes a redis://"),
         ("redis+sentinel://h/m?bogus_option=1", {}, r"bogus_option"),
         ("redis+cluster://h:1?bogus_option=1", {}, r"bogus_option"),
+        ("redis+cluster://h:1?health_check_interval=3", {}, r"ignores the option\(s\) health_"),
+        ("redis+sentinel://::1/m", {}, r"IPv6 address of '::1' in brackets, such as \[::1\]"),
+        ("redis+sentinel://[::1]:x/m", {}, r"port of '\[::1\]:x' is not a port number"),
     ],
 )
 def test_bad_topology_urls_fail_naming_the_url(url: str, options: Any, match: str) -> None:
@@ -132,6 +136,39 @@ def test_bad_topology_urls_fail_naming_the_url(url: str, options: Any, match: st
     assert info.match(match)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://h:1/0?password=hunter2&bogus=1",
+        "redis+cluster://h:1?PASSWORD=hunter2&bogus=1",
+        "redis+sentinel://h/m?ssl_password=hunter2&bogus=1",
+        "redis+sentinel://h/m?Sentinel_Password=hunter2&bogus=1",
+    ],
+)
+def test_passwords_in_the_query_are_masked_in_url_errors(url: str) -> None:
+    """A password given as a query option never appears in an error either."""
+    with pytest.raises(ValueError, match="bogus") as info:
+        RedisBackend.from_url(url)
+    assert "hunter2" not in str(info.value)
+    assert "=***&bogus=1" in str(info.value)
+
+
+def test_sentinel_url_addresses_and_timeouts() -> None:
+    """IPv6 in brackets, the default port, and the query's timeouts for the Sentinels too."""
+    url = "redis+sentinel://[::1]:2,h/m/1?socket_timeout=1&socket_connect_timeout=0.5"
+    pool = RedisBackend.from_url(url).client.connection_pool
+    sentinels = [s.connection_pool.connection_kwargs for s in pool.sentinel_manager.sentinels]
+    assert [(k["host"], k["port"]) for k in sentinels] == [("::1", 2), ("h", 26379)]
+    assert [(k["socket_timeout"], k["socket_connect_timeout"]) for k in sentinels] == [
+        (1.0, 0.5),
+        (1.0, 0.5),
+    ]
+    assert (pool.service_name, pool.connection_kwargs["db"]) == ("m", 1)
+    assert pool.connection_kwargs["socket_timeout"] == 1.0
+    only = RedisBackend.from_url("redis+sentinel://[::1]/m").client.connection_pool
+    assert only.sentinel_manager.sentinels[0].connection_pool.connection_kwargs["port"] == 26379
+
+
 def test_passwords_are_masked_in_url_errors() -> None:
     """Neither the primary's nor the Sentinels' password appears in an error."""
     url = "redis+sentinel://u:hunter2@h/m/x?sentinel_password=swordfish"
@@ -141,6 +178,52 @@ def test_passwords_are_masked_in_url_errors() -> None:
     assert "swordfish" not in str(info.value)
     assert "u:***" not in str(info.value)
     assert "***@h/m/x?sentinel_password=***" in str(info.value)
+
+
+def test_cluster_calls_are_routed_by_key_not_by_asking_a_node(
+    cluster_backend: RedisBackend,
+) -> None:
+    """Script calls go straight to their key's node: no COMMAND GETKEYS round trips."""
+    nodes = _primaries(cluster_backend)
+
+    def getkeys() -> int:
+        return sum(
+            int(node.info("commandstats").get("cmdstat_command|getkeys", {}).get("calls", 0))
+            for node in nodes
+        )
+
+    try:
+        before = getkeys()
+        ids = [f"routed-{i}" for i in range(100)]
+        cluster_backend.notify_many([(Event(f"abort:{i}", {"mode": "abort"}), 60_000) for i in ids])
+        cluster_backend.extend([(i, 1e15) for i in ids[:10]])
+        now = round(time.time() * 1000)
+        cluster_backend.track([("add", "routed", i, now) for i in ids[:10]])
+        assert len(cluster_backend.tracked("routed")) == 10
+        assert getkeys() == before
+    finally:
+        for node in nodes:
+            node.close()
+
+
+def test_actor_names_with_braces_keep_their_tracking_sets_together(
+    cluster_backend: RedisBackend,
+) -> None:
+    """An actor named '}x' (an empty hash tag) or 'a{b}' is tracked in one slot."""
+    now = round(time.time() * 1000)
+    for name in ("}x", "a{b}", "{"):
+        cluster_backend.track([("add", name, "m1", now), ("add", name, "m2", now)])
+        cluster_backend.track([("remove", name, "m1", now)])
+        assert [m for m, _ in cluster_backend.tracked(name)] == ["m2"]
+
+
+def test_a_namespace_with_an_open_hash_tag_is_refused_on_a_cluster(
+    cluster_backend: RedisBackend,
+) -> None:
+    """namespace='ns{' would split an actor's tracking sets over two slots: refused, with why."""
+    with pytest.raises(ValueError, match=r"namespace 'ns\{' opens a hash tag.*close it"):
+        RedisBackend(client=cluster_backend.client, namespace="ns{")
+    RedisBackend(client=cluster_backend.client, namespace="{ns}:")  # closed: one slot
 
 
 def test_cluster_needs_a_bool() -> None:

@@ -90,14 +90,59 @@ class ClusterServers:
             timeout=FORM_WITHIN,
         )
         for server in self.servers:
-            client = redis.Redis(port=server.port, socket_timeout=2)
+            client = redis.Redis(port=server.port, socket_timeout=2, decode_responses=True)
             try:
                 _until(
                     f"node {server.port} did not see the cluster as ok",
                     lambda c=client: c.cluster("info")["cluster_state"] == "ok",
                 )
+                # A replica not yet in sync refuses to take over from its primary.
+                _until(
+                    f"replica {server.port} did not sync with its primary",
+                    lambda c=client: (
+                        c.info("replication")["role"] == "master"
+                        or c.info("replication")["master_link_status"] == "up"
+                    ),
+                )
             finally:
                 client.close()
+
+    def owner(self, key: str) -> RedisServer:
+        """The server that is the primary of ``key``'s slot now."""
+        for server in self.servers:
+            if server.process is None:
+                continue
+            client = redis.Redis(port=server.port, socket_timeout=2)
+            try:
+                slot = client.cluster("keyslot", key)
+                for start, end, primary, *_ in client.cluster("slots"):
+                    if start <= slot <= end:
+                        port = int(primary[1])
+                        return next(s for s in self.servers if s.port == port)
+            except redis.RedisError:
+                continue
+            finally:
+                client.close()
+        raise RuntimeError(f"no live node knows the owner of {key!r}")
+
+    def wait_promoted(self, dead: RedisServer) -> None:
+        """Wait until the cluster serves every slot again without ``dead``."""
+        live = [s for s in self.servers if s is not dead and s.process is not None]
+
+        def healed() -> bool:
+            for server in live:
+                client = redis.Redis(port=server.port, socket_timeout=2, decode_responses=True)
+                try:
+                    if client.cluster("info")["cluster_state"] != "ok":
+                        return False
+                    owners = {int(row[2][1]) for row in client.cluster("slots")}
+                    if dead.port in owners:
+                        return False
+                finally:
+                    client.close()
+            return True
+
+        _until("the cluster did not promote a replica", healed)
 
     def close(self) -> None:
         """Stop every server and remove its directory."""

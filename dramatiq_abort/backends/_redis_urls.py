@@ -45,7 +45,9 @@ def shown(url: str) -> str:
     """The URL without its password, to name it in errors."""
     head, sep, query = url.partition("?")
     head = re.sub(r"(?<=://)[^/]*@", "***@", head, count=1)
-    query = re.sub(r"((?:^|&)sentinel_password=)[^&]*", r"\1***", query)
+    query = re.sub(
+        r"((?:^|&)(?:sentinel_|ssl_)?password=)[^&]*", r"\1***", query, flags=re.IGNORECASE
+    )
     return head + sep + query
 
 
@@ -58,8 +60,16 @@ def _hosts(url: str, netloc: str, default_port: int | None) -> tuple[str, list[t
     userinfo, _, hostlist = netloc.rpartition("@")
     addresses = []
     for item in hostlist.split(","):
-        host, colon, port = item.strip().rpartition(":") if ":" in item else (item, "", "")
-        host = host.strip("[]")  # an IPv6 address in brackets
+        bracketed = re.fullmatch(r"\[([^\]]*)\](?::(.*))?", item.strip())
+        if bracketed:  # an IPv6 address: [::1] or [::1]:26379
+            host, port = bracketed[1], bracketed[2]
+            colon = "" if port is None else ":"
+            port = port or ""
+        elif item.count(":") > 1:
+            msg = f"put the IPv6 address of {item!r} in brackets, such as [::1]:26379"
+            raise _bad(url, msg)
+        else:
+            host, colon, port = item.strip().partition(":")
         if not host:
             raise _bad(url, f"the address {item!r} names no host")
         if not colon:
@@ -96,14 +106,26 @@ def _credentials(userinfo: str) -> dict[str, Any]:
     return credentials
 
 
+def _cluster_options(url: str, query: str) -> dict[str, Any]:
+    """Our defaults and the query's options, refusing those ``RedisCluster`` would drop."""
+    given = _options(url, query)
+    given.pop("db", None)
+    allowed = set(getattr(redis.cluster, "REDIS_ALLOWED_KEYS", given))
+    ignored = sorted(set(given) - allowed)
+    if ignored:
+        msg = f"redis-py's RedisCluster ignores the option(s) {', '.join(ignored)}: drop them"
+        raise _bad(url, msg)
+    defaults = {key: value for key, value in URL_DEFAULTS.items() if key in allowed}
+    return {**defaults, **given}
+
+
 def _cluster_client(url: str) -> Any:
     parts = urlsplit(url)
     if parts.path.strip("/"):
         msg = "a Redis Cluster has database 0 only: drop the path after the addresses"
         raise _bad(url, msg)
     userinfo, addresses = _hosts(url, parts.netloc, None)
-    options = {**URL_DEFAULTS, **_options(url, parts.query)}
-    options.pop("db", None)
+    options = _cluster_options(url, parts.query)
     nodes = [redis.cluster.ClusterNode(host, port) for host, port in addresses]
     return redis.cluster.RedisCluster(startup_nodes=nodes, **_credentials(userinfo), **options)
 
@@ -124,7 +146,8 @@ def _sentinel_client(url: str) -> Any:
     }
     rest = urlencode([(key, value) for key, value in query if not key.startswith("sentinel_")])
     options = {**URL_DEFAULTS, **_options(url, rest, db=path[1] if len(path) == 2 else "0")}
-    timeouts = {key: URL_DEFAULTS[key] for key in ("socket_connect_timeout", "socket_timeout")}
+    # The Sentinels get the primary's timeouts, from the query string or ours.
+    timeouts = {key: options[key] for key in ("socket_connect_timeout", "socket_timeout")}
     sentinels = redis.sentinel.Sentinel(
         addresses, sentinel_kwargs={**timeouts, **sentinel_auth}, **options
     )
@@ -165,9 +188,11 @@ def client_from_url(url: str, *, cluster: bool = False) -> Any:
         if cluster:
             if scheme not in ("redis", "rediss"):
                 raise _bad(url, "cluster=True takes a redis:// or rediss:// URL of one node")
-            options = {**URL_DEFAULTS, **_options(url, urlsplit(url).query)}
-            if options.pop("db", 0) != 0 or urlsplit(url).path.strip("/") not in ("", "0"):
+            if urlsplit(url).path.strip("/") not in ("", "0") or re.search(
+                r"(?:^|&)db=(?!0(?:&|$))", urlsplit(url).query
+            ):
                 raise _bad(url, "a Redis Cluster has database 0 only")
+            options = _cluster_options(url, urlsplit(url).query)
             return redis.cluster.RedisCluster.from_url(url.partition("?")[0], **options)
         client = redis.Redis.from_url(url, **URL_DEFAULTS)
         # Build (without connecting) one connection, so an option in the

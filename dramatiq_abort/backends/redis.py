@@ -50,6 +50,8 @@ _logger = logging.getLogger(__name__)
 
 #: Seconds to wait for Redis to confirm a subscription.
 _SUBSCRIBE_TIMEOUT = 5.0
+#: Seconds a cluster node a subscription failed on is left out of the next picks.
+_AVOID_FAILED_NODE_S = 30.0
 #: Many requests in one call: ``KEYS`` hold each request's key and its status
 #: key; ``ARGV[1]`` and ``ARGV[2]`` the channel and the announcement (``''``:
 #: none); ``ARGV[3]`` a JSON list with, per request, its JSON, its TTL, its
@@ -383,6 +385,16 @@ class RedisBackend(EventBackend):
         self.client = client
         #: A Redis Cluster: no command names keys of two slots (see ``docs/architecture.md``).
         self._cluster = isinstance(client, redis.cluster.RedisCluster)
+        #: Cluster nodes a subscription just failed on: name -> monotonic time to retry.
+        self._failed_nodes: dict[str, float] = {}
+        opened = namespace.find("{")
+        if self._cluster and opened >= 0 and "}" not in namespace[opened:]:
+            msg = (
+                f"namespace {namespace!r} opens a hash tag ('{{') it does not close: on a "
+                f"Redis Cluster an actor's two tracking sets would land in different slots; "
+                f"close it ('{{myapp}}:aborts:' puts every key in one slot) or drop the brace"
+            )
+            raise ValueError(msg)
         self.namespace = namespace
         self.channel = namespace + "events"
         self.status_ttl = to_ms(status_ttl, "status_ttl", allow_zero=False)
@@ -519,9 +531,16 @@ class RedisBackend(EventBackend):
         for attempt in range(2):
             pipe = self.client.pipeline(transaction=False)
             for sha, keys, args in calls:
-                # execute_command: a cluster pipeline refuses its evalsha(),
-                # not the command (it routes it by its keys).
-                pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+                # execute_command: a cluster pipeline refuses its evalsha(), not
+                # the command.  Routed here by the first key: left to itself,
+                # redis-py 8 asks one node COMMAND GETKEYS for every such call,
+                # one round trip each, before it sends the pipeline.
+                options = (
+                    {"target_nodes": self.client.get_node_from_key(keys[0])}
+                    if self._cluster
+                    else {}
+                )
+                pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args, **options)
             results = pipe.execute(raise_on_error=False)
             missing = []
             for call, result in zip(calls, results, strict=True):
@@ -572,7 +591,14 @@ class RedisBackend(EventBackend):
             self._run_scripts(calls)
 
     def _actor_keys(self, actor_name: str) -> list[str]:
-        """The actor's outstanding set and its set of done ids, in one hash slot."""
+        """The actor's outstanding set and its set of done ids, in one hash slot.
+
+        A name with a brace could end the hash tag early (``}x`` makes it
+        empty, and the keys' slots differ): such a name is tagged by its
+        digest instead.
+        """
+        if "{" in actor_name or "}" in actor_name:
+            actor_name = "sha1-" + hashlib.sha1(actor_name.encode("utf-8")).hexdigest()
         tag = "{" + actor_name + "}"
         return [self._key(ACTOR_PREFIX + tag), self._key(DONE_PREFIX + tag)]
 
@@ -713,9 +739,25 @@ class RedisBackend(EventBackend):
     def subscribe(self) -> Subscription:
         """Open a subscription to the announcement channel, live on return."""
         if self._cluster:
-            # Any node will do: a PUBLISH reaches every node of a cluster.  A
-            # node picked at random spreads the workers' subscriptions, and a
-            # new subscription after a failure tries another node.
-            node = random.choice(self.client.get_primaries())
-            return _RedisSubscription(self.client.pubsub(node=node), self.channel)
+            return self._subscribe_to_a_node()
         return _RedisSubscription(self.client.pubsub(), self.channel)
+
+    def _subscribe_to_a_node(self) -> Subscription:
+        """Subscribe on a primary of the cluster picked at random, avoiding recent failures.
+
+        Any node will do: a PUBLISH reaches every node of a cluster.  At
+        random, the workers' subscriptions spread over the nodes.  A node
+        that just failed stays in the client's list of primaries until the
+        cluster has promoted a replica, so it is left out for a while.
+        """
+        now = time.monotonic()
+        failed = self._failed_nodes
+        for name in [name for name, until in failed.items() if until <= now]:
+            del failed[name]
+        primaries = self.client.get_primaries()
+        node = random.choice([n for n in primaries if n.name not in failed] or primaries)
+        try:
+            return _RedisSubscription(self.client.pubsub(node=node), self.channel)
+        except (redis.RedisError, OSError):
+            failed[node.name] = now + _AVOID_FAILED_NODE_S
+            raise

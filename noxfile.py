@@ -1,4 +1,4 @@
-"""Automation: ``nox`` runs the default sessions (tests, faults, lint, typecheck, docs).
+"""Automation: ``nox`` runs the default sessions (tests, faults, gevent, lint, typecheck, docs).
 
 The test sessions install the package as a built wheel, the way users get it.
 """
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["tests", "faults", "lint", "typecheck", "docs"]
+nox.options.sessions = ["tests", "faults", "gevent", "lint", "typecheck", "docs"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
@@ -29,8 +29,28 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def faults(session: nox.Session) -> None:
     """Run tests/faults: real worker processes through outages, kills, races, bad input."""
-    session.install(".[redis]", *_group("tests"))
+    session.install(".[redis,gevent]", *_group("tests"))
     session.run("pytest", "tests/faults", *session.posargs)
+
+
+@nox.session
+def gevent(session: nox.Session) -> None:
+    """Run the test suite under gevent's monkey-patching, as dramatiq-gevent runs workers.
+
+    tests/run_gevent.py patches the standard library, then starts pytest, the
+    way dramatiq runs its own suite's gevent variant: every worker thread the
+    tests start is a greenlet.  Tests marked ``threads_only`` are skipped,
+    each with its reason.  tests/faults/test_gevent_worker.py (the real
+    dramatiq-gevent command) runs in the faults session.
+    """
+    session.install(".[redis,gevent]", *_group("tests"))
+    session.run(
+        "python",
+        "tests/run_gevent.py",
+        "--ignore=tests/faults",
+        "--ignore=tests/test_docs_site.py",
+        *session.posargs,
+    )
 
 
 @nox.session
@@ -60,7 +80,7 @@ def docs(session: nox.Session) -> None:
     tests session) it skips.  ``-E`` rereads every page, so a warning shows on
     every run, not only on the run that changed its page.
     """
-    session.install(".[redis,prometheus]", *_group("tests"), *_group("docs"))
+    session.install(".[redis,prometheus,postgres]", *_group("tests"), *_group("docs"))
     build = Path("docs", "_build")
     for builder in ("html", "doctest"):
         session.run(
@@ -101,7 +121,7 @@ def bench(session: nox.Session) -> None:
     after its name.  compare.py keeps its two virtualenvs (this project and 1.2.1)
     in nox's cache directory.
     """
-    session.install(".[redis]", *_group("bench"))
+    session.install(".[redis,postgres,gevent]", *_group("bench"))
     scripts = {
         path.stem: path
         for path in sorted(Path("benchmarks").glob("*.py"))

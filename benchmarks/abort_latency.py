@@ -17,7 +17,16 @@ What it measures, against real Redis on loopback:
 3. **Redis commands** the middleware sends: per processed message (2,000
    no-op messages, after 100 that open the connections) and from an idle
    worker (over 5 s).
-4. **Async abort latency**: the same as 1. for ``async def`` actors, on a
+4. **PostgreSQL** (when psycopg is installed and PostgreSQL answers at
+   ``POSTGRES_URL``, default ``postgresql://postgres@127.0.0.1:5432/test``):
+   the same latencies (1.) and graceful deadline (2.) with the event
+   backend on ``PostgresBackend`` instead (the broker stays Redis), and
+   the backend calls the middleware makes, counted in the worker process:
+   per no-op message and from an idle worker.  Each read is one round
+   trip, each write two.  A last table puts the Redis and PostgreSQL p50
+   and p99 side by side.  It writes in a schema of its own, dropped at
+   the end.
+5. **Async abort latency**: the same as 1. for ``async def`` actors, on a
    worker with dramatiq's ``AsyncIO`` middleware: from ``abort()``
    returning to ``Abort`` caught inside the coroutine (``except Abort:``
    takes ``time.monotonic()`` on the event loop's thread).  One actor
@@ -50,13 +59,16 @@ Run it from the repository root::
     python benchmarks/abort_latency.py
     python benchmarks/abort_latency.py --samples 200   # tighter tails, ~4x longer
     python benchmarks/abort_latency.py --only async    # the async def actors alone
+    python benchmarks/abort_latency.py --only postgres # the PostgreSQL backend alone
 
-It takes about 150 s (``--only sync`` about 100 s, ``--only async`` about
-50 s).  Sample counts are in :data:`PLANS` and :data:`ASYNC_PLAN`: phase
-(c) and the extra configurations get fewer samples than phases (a) and
-(b), to keep to that time.  It exits 0 when it could measure, whether or
-not the targets were met (a missed target is a finding, listed at the
-end); 1 when Redis is unreachable.
+It takes about 190 s (``--only sync`` about 100 s, ``--only async`` about
+50 s, ``--only postgres`` about 40 s).  Sample counts are in :data:`PLANS`,
+:data:`ASYNC_PLAN` and :data:`POSTGRES_PLAN`: phase (c) and the extra
+configurations get fewer samples than phases (a) and (b), to keep to that
+time.  It exits 0 when it could measure, whether or not the targets were
+met (a missed target is a finding, listed at the end); 1 when Redis is
+unreachable, or PostgreSQL with ``--only postgres`` (otherwise the
+PostgreSQL run is skipped, saying why).
 
 Note:
     Percentiles are nearest-rank: below 100 samples, p99 is the largest
@@ -74,6 +86,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import dataclasses
 import math
 import os
@@ -153,8 +166,15 @@ class Settings:
     asyncio: bool = False
 
     @property
+    def postgres(self) -> bool:
+        """Whether the event backend is PostgreSQL (a ``postgresql://`` URL)."""
+        return self.backend_url.startswith(("postgresql://", "postgres://"))
+
+    @property
     def backend_namespace(self) -> str:
-        """Prefix of the event backend's keys and channel."""
+        """Prefix of the event backend's keys and channel (PostgreSQL: its schema)."""
+        if self.postgres:
+            return self.namespace.replace("-", "_")
         return f"{self.namespace}:aborts:"
 
 
@@ -293,10 +313,36 @@ def declare_actors(broker: dramatiq.Broker, report: Reporter) -> Actors:
     return Actors(spin, tick, wait, noop, processed)
 
 
+#: What the PostgreSQL backend was asked by the worker process, by method name.
+BACKEND_CALLS: collections.Counter[str] = collections.Counter()
+#: The methods counted: each one round trip (reads) or two (writes).
+COUNTED = ("poll", "poll_many", "read_status", "notify_many", "update_status", "extend", "track")
+
+
+def counting_postgres_backend(url: str, namespace: str) -> Any:
+    """A ``PostgresBackend`` whose round-trip methods count their calls in :data:`BACKEND_CALLS`."""
+    from dramatiq_abort.backends import PostgresBackend
+
+    backend = PostgresBackend.from_url(url, namespace=namespace)
+    for name in COUNTED:
+        method = getattr(backend, name)
+
+        def counted(*args: Any, _name: str = name, _method: Any = method, **kwargs: Any) -> Any:
+            BACKEND_CALLS[_name] += 1
+            return _method(*args, **kwargs)
+
+        setattr(backend, name, counted)
+    return backend
+
+
 def build_broker(settings: Settings, report: Reporter) -> tuple[RedisBroker, Actors]:
-    """Return a broker with the ``Abortable`` middleware on ``RedisBackend``, and its actors."""
+    """Return a broker with ``Abortable`` on the settings' event backend, and its actors."""
     broker = RedisBroker(url=settings.broker_url, namespace=settings.namespace)
-    backend = RedisBackend.from_url(settings.backend_url, namespace=settings.backend_namespace)
+    backend: Any
+    if settings.postgres:
+        backend = counting_postgres_backend(settings.backend_url, settings.backend_namespace)
+    else:
+        backend = RedisBackend.from_url(settings.backend_url, namespace=settings.backend_namespace)
     # None: the library's default (it lowers the interval to 1 ms in workers);
     # a value: opt out (switch_interval_ms=None) and run with that interval.
     lowered = 1.0 if settings.switch_interval is None else None
@@ -378,7 +424,9 @@ def worker_process(settings: Settings, events: Connection, control: Connection) 
     commands and replies (``("ok", value)`` or ``("error", text)``):
     ``("processed", n)`` waits for ``n`` no-op messages in all,
     ``("measure", phase, count, abort_timeout, kind)`` runs :func:`measure`
-    with a client in this process, ``("stop",)`` stops the worker.
+    with a client in this process, ``("calls",)`` returns the PostgreSQL
+    backend's calls so far (:data:`BACKEND_CALLS`), ``("stop",)`` stops the
+    worker.
     """
     if settings.switch_interval is not None:
         sys.setswitchinterval(settings.switch_interval)
@@ -398,6 +446,8 @@ def worker_process(settings: Settings, events: Connection, control: Connection) 
     def handle(command: tuple[Any, ...]) -> Any:
         if command[0] == "processed":
             return actors.processed.wait_for(command[1], timeout=120)
+        if command[0] == "calls":
+            return dict(BACKEND_CALLS)
         inbox = QueueInbox()
         reporter.target = inbox.queue.put
         try:
@@ -647,9 +697,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
-        choices=["sync", "async"],
+        choices=["sync", "async", "postgres"],
         help="run only the sync part (CPU-bound actor, graceful deadlines, Redis commands; "
-        "about 100 s) or only the async def actors (about 50 s); default: both",
+        "about 100 s), only the async def actors (about 50 s), or only the PostgreSQL "
+        "backend (about 40 s); default: all three",
     )
     args = parser.parse_args(argv)
     if args.samples < 1:
@@ -769,23 +820,28 @@ def measure_deadlines(worker: WorkerProcess, plan: Plan, scale: float, label: st
 
 
 def run(
-    settings: Settings, backend_client: redis.Redis, samples: int, only: str | None = None
+    settings: Settings,
+    backend_client: redis.Redis,
+    samples: int,
+    only: str | None = None,
+    figures: Figures | None = None,
 ) -> list[str]:
-    """Run every measurement, printing the figures; return the targets that were missed.
+    """Run every Redis measurement, printing the figures; return the targets that were missed.
 
     Args:
         settings: Where the worker processes connect.
         backend_client: A client of the event backend's own server.
         samples: ``--samples``; every count scales with it.
         only: ``"sync"`` or ``"async"`` to run only that part; ``None`` runs both.
+        figures: Where to keep the latency samples of the default configuration.
 
     """
     broker, actors = build_broker(settings, Reporter(lambda _: None))  # actors run elsewhere
     channel = settings.backend_namespace + "events"
     scale = samples / 50
     missed = []
-    figures: Figures = {}
-    plans = {} if only == "async" else PLANS
+    figures = {} if figures is None else figures
+    plans = {} if only in ("async", "postgres") else PLANS
     try:
         for switch_interval, plan in plans.items():
             tuned = dataclasses.replace(settings, switch_interval=switch_interval)
@@ -805,7 +861,7 @@ def run(
                 found += measure_deadlines(worker, plan, scale, label)
                 if default:
                     missed += found
-        if only != "sync":
+        if only is None or only == "async":
             # A worker of its own, so the sync figures above are taken without
             # the AsyncIO middleware, as before this scenario existed.
             tuned = dataclasses.replace(settings, asyncio=True)
@@ -819,6 +875,149 @@ def run(
             comparison(figures, where)
     finally:
         broker.close()
+    return missed
+
+
+# -- PostgreSQL ----------------------------------------------------------------------
+
+#: PostgreSQL of the PostgreSQL run: ``POSTGRES_URL``, else this.
+POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+#: The PostgreSQL run: one worker process with the library's default switch interval.
+POSTGRES_PLAN = Plan(
+    remote={"a": 50, "b": 30, "c": 8},
+    local={"a": 20, "b": 5},
+    graceful={500: 5},
+)
+POSTGRES_LABEL = f"PostgresBackend, {DEFAULT_LABEL}"
+
+
+def postgres_problem(url: str) -> str:
+    """Why the PostgreSQL run cannot happen, or ``""``."""
+    try:
+        import psycopg
+        import psycopg_pool  # noqa: F401 - PostgresBackend needs it
+    except ImportError as exc:
+        return f"{exc.name} is not installed (pip install 'dramatiq-abort[postgres]')"
+    try:
+        psycopg.connect(url, connect_timeout=5).close()
+    except psycopg.Error as exc:
+        return " ".join(str(exc).split())
+    return ""
+
+
+def wait_listeners(url: str, namespace: str, count: int) -> None:
+    """Wait until ``count`` connections LISTEN on ``namespace``: the watcher is listening."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        for _ in range(200):
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = %s",
+                [f'LISTEN "{namespace}"'],
+            ).fetchone()
+            if row is not None and row[0] >= count:
+                return
+            time.sleep(0.05)
+    raise RuntimeError(f"no watcher listening on {namespace!r} within 10 s")
+
+
+def measure_backend_calls(worker: WorkerProcess) -> list[str]:
+    """Count the backend calls an idle worker, then a busy one, makes; print them."""
+    missed = []
+    say()
+    say("PostgreSQL backend calls made by the middleware (counted in the worker process)")
+
+    def delta(during: Callable[[], None]) -> dict[str, int]:
+        before = worker.call("calls")
+        during()
+        after = worker.call("calls")
+        changed = {name: calls - before.get(name, 0) for name, calls in sorted(after.items())}
+        return {name: calls for name, calls in changed.items() if calls}
+
+    idle = delta(lambda: time.sleep(IDLE_SECONDS))
+    total = sum(idle.values())
+    ok = total <= IDLE_SECONDS
+    say(f"  idle worker, {IDLE_SECONDS:g} s: {total} ({commands_text(idle)})  {verdict(ok)}")
+    if not ok:
+        missed.append(f"PostgreSQL, idle worker: {total} calls in {IDLE_SECONDS:g} s")
+    sent = 0
+
+    def process(count: int) -> None:
+        nonlocal sent
+        for _ in range(count):
+            worker.actors.noop.send()
+        sent += count
+        done = worker.call("processed", sent)
+        if done < sent:
+            raise RuntimeError(f"the worker processed {done} of {sent} no-op messages")
+
+    warm_up = 100
+    cold = delta(lambda: process(warm_up))
+    say(
+        f"  first {warm_up} no-op messages: {sum(cold.values()) / warm_up:.3f} per message "
+        f"({commands_text(cold)}; includes opening the pool's connections)"
+    )
+    started = time.monotonic()
+    busy = delta(lambda: process(HOT_PATH_MESSAGES))
+    elapsed = time.monotonic() - started
+    per_message = sum(busy.values()) / HOT_PATH_MESSAGES
+    ok = per_message <= 1
+    say(
+        f"  next {HOT_PATH_MESSAGES} no-op messages ({elapsed:.1f} s, "
+        f"{HOT_PATH_MESSAGES / elapsed:.0f}/s): {per_message:.3f} per message "
+        f"({commands_text(busy)})  {verdict(ok)}"
+    )
+    if not ok:
+        missed.append(f"PostgreSQL hot path: {per_message:.3f} calls per message")
+    return missed
+
+
+def backend_comparison(redis_figures: Figures, postgres_figures: Figures) -> None:
+    """Print the p50 and p99 of the Redis and PostgreSQL backends side by side."""
+    say()
+    say(
+        "Redis vs PostgreSQL backend: p50 / p99, ms from abort() returning to Abort caught "
+        "(sync, CPU-bound actor)"
+    )
+    say(f"  {'phase':<20} {'client':<30} {'Redis':>16} {'PostgreSQL':>16}")
+    for where in (REMOTE, LOCAL):
+        for phase in ("a", "b", "c"):
+            cells = []
+            for figures in (redis_figures, postgres_figures):
+                samples = figures.get(("spin", where, phase))
+                values = [s.latency_ms for s in samples or []]
+                cells.append(
+                    f"{percentile(values, 50):.2f} / {percentile(values, 99):.2f}"
+                    if values
+                    else "-"
+                )
+            if cells != ["-", "-"]:
+                say(f"  {PHASES[phase][0]:<20} {where:<30} {cells[0]:>16} {cells[1]:>16}")
+
+
+def run_postgres(settings: Settings, url: str, samples: int, redis_figures: Figures) -> list[str]:
+    """The PostgreSQL run: backend calls, latencies, a graceful deadline; drops its schema."""
+    from dramatiq_abort.backends import PostgresBackend
+
+    settings = dataclasses.replace(settings, backend_url=url)
+    scale = samples / 50
+    missed: list[str] = []
+    figures: Figures = {}
+    broker, actors = build_broker(settings, Reporter(lambda _: None))  # actors run elsewhere
+    try:
+        with WorkerProcess(settings, actors) as worker:
+            wait_listeners(url, settings.backend_namespace, 1)
+            say()
+            say(f"=== Worker process, event backend PostgreSQL, GIL {DEFAULT_LABEL} ===")
+            missed += measure_backend_calls(worker)
+            missed += measure_latencies(worker, POSTGRES_PLAN, scale, POSTGRES_LABEL, figures)
+            missed += measure_deadlines(worker, POSTGRES_PLAN, scale, POSTGRES_LABEL)
+    finally:
+        broker.close()
+        cleanup = PostgresBackend.from_url(url, namespace=settings.backend_namespace)
+        cleanup.drop_tables()
+        cleanup.close()
+    backend_comparison(redis_figures, figures)
     return missed
 
 
@@ -837,7 +1036,7 @@ def main(argv: list[str] | None = None) -> int:
 
     say(
         "dramatiq-abort benchmark: abort latency (sync and async def actors), "
-        "graceful deadlines, Redis commands"
+        "graceful deadlines, Redis commands, the PostgreSQL backend"
     )
     say(
         f"Python {sys.version.split()[0]}, dramatiq {dramatiq.__version__}, "
@@ -854,8 +1053,21 @@ def main(argv: list[str] | None = None) -> int:
         version = backend_client.info("server")["redis_version"]
         say(f"Event backend: throwaway redis-server {version} at {settings.backend_url}")
         deleted = 0
+        figures: Figures = {}
         try:
-            missed = run(settings, backend_client, args.samples, args.only)
+            missed: list[str] = []
+            if args.only != "postgres":
+                missed += run(settings, backend_client, args.samples, args.only, figures)
+            if args.only in (None, "postgres"):
+                pg_url = os.environ.get("POSTGRES_URL") or POSTGRES_URL
+                problem = postgres_problem(pg_url)
+                if problem:
+                    say()
+                    say(f"PostgreSQL backend: skipped, {pg_url} is not usable ({problem})")
+                    if args.only == "postgres":
+                        return 1
+                else:
+                    missed += run_postgres(settings, pg_url, args.samples, figures)
         finally:
             deleted += delete_keys(broker_client, namespace + ":")
             deleted += delete_keys(backend_client, settings.backend_namespace)

@@ -66,7 +66,9 @@ class Lookahead:
     def attach(self, worker: object) -> None:
         """Read ahead in ``worker``'s work queue (a ``dramatiq.Worker``'s ``work_queue``)."""
         queue = getattr(worker, "work_queue", None)
-        usable = queue is not None and hasattr(queue, "mutex") and hasattr(queue, "queue")
+        # A queue.PriorityQueue, or under gevent gevent's: no mutex, and none
+        # needed, since no other greenlet runs while one copies the heap.
+        usable = queue is not None and isinstance(getattr(queue, "queue", None), list)
         with self._lock:
             self._queue = queue if usable else None
             self._notes.clear()
@@ -101,8 +103,12 @@ class Lookahead:
         queue = self._queue
         if queue is None:
             return []
-        with queue.mutex:
+        mutex = getattr(queue, "mutex", None)
+        if mutex is None:
             items = list(queue.queue)
+        else:
+            with mutex:
+                items = list(queue.queue)
         return [message for item in items if (message := getattr(item, "message", None))]
 
     def reserve(

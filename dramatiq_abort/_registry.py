@@ -17,6 +17,14 @@ One lock guards every state change and every delivery, and leaving clears
 an ``Abort`` that was scheduled but not yet raised, so an ``Abort`` can
 never land after the actor's code returned: not in another middleware's
 hook, not in the next message.
+
+Under gevent's monkey-patching (``dramatiq-gevent``) the worker "threads"
+are greenlets of one OS thread, and a thread's asynchronous exception
+cannot reach them.  ``Abort`` is then thrown into the message's greenlet
+by a callback of gevent's hub (see ``_green``), which looks at
+the message again when it runs: a greenlet switches only at its own
+blocking calls, so it is then suspended inside the actor's code, or has
+left it and gets nothing.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ from typing import Any, Generic, TypeVar
 
 import dramatiq
 
-from . import _interrupt, exceptions
+from . import _green, _interrupt, exceptions
 from ._request import AbortMode, AbortRequest
 from ._switch import LONG_S, SwitchInterval
 from .exceptions import Abort, describe
@@ -72,8 +80,10 @@ class _Running:
         "depth",
         "entered_at",
         "fired",
+        "greenlet",
         "held",
         "hooks",
+        "hub",
         "is_async",
         "late",
         "message_id",
@@ -120,6 +130,8 @@ class _Running:
         self.actor_name = actor_name  # for the switch interval's guess of how long it runs
         self.entered_at: float | None = None  # time.monotonic() when its code began
         self.switching = False  # counted in SwitchInterval.running while its code runs
+        self.greenlet: Any = None  # under gevent: the greenlet that runs it ...
+        self.hub: Any = None  # ... and its hub, which throws Abort into it
 
     def __repr__(self) -> str:
         return f"<_Running {self.message_id!r} state={self.state} deadline={self.deadline}>"
@@ -160,6 +172,9 @@ class Registry:
         entry = _Running(
             message_id, threading.get_ident(), default_grace_ms, cleanup_s, actor_name, queue_name
         )
+        gevent_hub = _green.current()
+        if gevent_hub is not None:
+            entry.greenlet, entry.hub = gevent_hub()
         with self._lock:
             self._by_id[message_id] = entry
             self._by_thread[entry.thread_id] = entry
@@ -289,9 +304,11 @@ class Registry:
                 if not switch.running:
                     restore = switch.saved
             if entry.delivered and not entry.fired and not entry.is_async:
-                # A direct C call: calling a Python function here would let the
-                # pending exception fire at its first line instead.
-                _interrupt.clear_async_exc(entry.thread_id, _interrupt.NULL)
+                if entry.greenlet is None:
+                    # A direct C call: calling a Python function here would let
+                    # the pending exception fire at its first line instead.
+                    _interrupt.clear_async_exc(entry.thread_id, _interrupt.NULL)
+                # Under gevent the hub's callback finds it LEFT and drops it.
                 entry.fired = True
             if entry.entered_at is not None:  # inline, no Python calls: see _switch
                 # An aborted message was cut short, and its actor is one whose
@@ -402,12 +419,44 @@ class Registry:
             if entry.wake is not None:
                 entry.wake()
             return DELIVERED
+        if entry.greenlet is not None:
+            entry.delivered = True
+            # Thread-safe: a delivery may come from a thread gevent did not patch.
+            entry.hub.loop.run_callback_threadsafe(self._throw_into_greenlet, entry)
+            return DELIVERED
         frame = _thread_frame(entry.thread_id)
         if frame is not None and frame.f_code in _TRANSIT_CODES:
             entry.retries += 1
             return RETRY
         entry.delivered = _interrupt.raise_in_thread(entry.thread_id, Abort)
         return DELIVERED if entry.delivered else NOTHING
+
+    def _throw_into_greenlet(self, entry: _Running) -> None:
+        """In gevent's hub: throw ``Abort`` into the message's greenlet if it still runs the actor.
+
+        No greenlet runs while the hub runs this, so what it sees holds
+        until the throw: the greenlet is suspended in one of its own
+        blocking calls, inside the actor's code (``ENTERED``), or it has
+        left it (the abort came too late) or entered a shielded section
+        (then the shield's end raises it).
+        """
+        if not self._lock.acquire(blocking=False):
+            # Never block the hub; the lock is only held between switches.
+            entry.hub.loop.run_callback(self._throw_into_greenlet, entry)
+            return
+        try:
+            if entry.state != ENTERED or not entry.delivered or entry.fired or entry.greenlet.dead:
+                return
+            if entry.shield_depth:
+                entry.delivered = False
+                entry.held = True
+                return
+            # Not marked fired: the guard marks it when Abort reaches it, and a
+            # finalizer that swallows it leaves it to be delivered again (swallowed()).
+            exc = abort_for(entry)
+        finally:
+            self._lock.release()
+        entry.greenlet.throw(exc)
 
     def swallowed(self) -> _Running | None:
         """An ``Abort`` raised in this thread was swallowed; return the entry to raise it again.

@@ -59,6 +59,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the library is imported when a command runs, so --help stays fast
+    from .events import EventBackend
     from .middleware import Abortable
     from .status import AbortBatch, AbortStatus
 
@@ -218,17 +219,44 @@ def _middleware(args: argparse.Namespace) -> Abortable:
             raise _Failure(msg, EXIT_ERROR)
         url = os.environ[source]
     try:
-        from . import Abortable, backends
+        from . import Abortable
 
-        backend = backends.RedisBackend.from_url(url, namespace=args.namespace)
-    except ImportError as exc:  # the redis extra is missing
+        backend = _backend_from_url(url, args.namespace)
+    except ImportError as exc:  # the redis or postgres extra is missing
         raise _Failure(str(exc), EXIT_ERROR) from exc
     except (TypeError, ValueError) as exc:
         raise _Failure(f"{source}: {exc}", EXIT_ERROR) from exc
     return Abortable(backend=backend)
 
 
+#: URL schemes of a PostgreSQL event backend; any other URL is a Redis one.
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def _backend_from_url(url: str, namespace: str) -> EventBackend:
+    """The event backend a URL names: ``PostgresBackend`` for ``postgresql://``, else Redis.
+
+    The default ``--namespace`` is Redis's key prefix, which is no SQL
+    identifier: a PostgreSQL backend then keeps its own default schema.
+    """
+    from . import backends
+
+    if url.startswith(POSTGRES_SCHEMES):
+        import logging
+
+        # psycopg_pool logs every failed connection attempt; the command
+        # reports the outage itself, on one line.
+        logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
+        options = {} if namespace == DEFAULT_NAMESPACE else {"namespace": namespace}
+        return backends.PostgresBackend.from_url(url, **options)
+    return backends.RedisBackend.from_url(url, namespace=namespace)
+
+
 def _close(middleware: Abortable) -> None:
+    close = getattr(middleware.backend, "close", None)
+    if callable(close):
+        with contextlib.suppress(Exception):  # nothing to keep on the way out
+            close()
     client = getattr(middleware.backend, "client", None)
     if client is not None:
         with contextlib.suppress(Exception):  # nothing to keep on the way out

@@ -32,6 +32,7 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, ClassVar, Generic, Protocol, TypeAlias, TypeVar
 
+from . import _green
 from ._registry import REGISTRY, _Running
 from ._request import MAX_MS, Duration, to_ms
 
@@ -282,6 +283,24 @@ class _GuardBase(Generic[_P]):
         return None if self._process is None else self._process.pid
 
 
+#: Seconds to wait for gevent's ``communicate()`` helpers once the group is dead.
+_READERS_JOIN_S = 5.0
+
+
+def _join_readers(process: Any) -> None:
+    """Under gevent: let ``communicate()``'s helper greenlets, cut off by the abort, end.
+
+    gevent's ``Popen.communicate`` reads and writes the pipes in greenlets
+    of its own, which outlive an ``Abort`` thrown into the caller; closing a
+    pipe one of them still reads fails ("reentrant call").  The child's
+    group is dead by now, so the pipes are at their end and they finish.
+    """
+    readers = getattr(process, "_communicating_greenlets", None)  # gevent's Popen only
+    if readers:
+        gevent: Any = sys.modules["gevent"]
+        gevent.joinall(list(readers), timeout=_READERS_JOIN_S)
+
+
 class _GuardedProcess(subprocess.Popen[Any]):
     """The child's ``Popen``, whose ``wait()`` sees the child exit before it reaps it.
 
@@ -294,8 +313,11 @@ class _GuardedProcess(subprocess.Popen[Any]):
 
     _guard: GuardedPopen | None = None
 
-    def wait(self, timeout: float | None = None) -> int:
-        """Wait for the child to exit, then reap it, as ``Popen.wait`` does."""
+    def wait(self, timeout: float | None = None, **options: Any) -> int:
+        """Wait for the child to exit, then reap it, as ``Popen.wait`` does.
+
+        ``options`` go to the base class: gevent's ``Popen`` takes one more.
+        """
         guard = self._guard
         if (
             guard is not None
@@ -304,7 +326,7 @@ class _GuardedProcess(subprocess.Popen[Any]):
             and not guard._wait_exit(timeout)
         ):
             raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
-        return super().wait(timeout)
+        return super().wait(timeout, **options)
 
 
 class GuardedPopen(_GuardBase[subprocess.Popen[Any]]):
@@ -441,6 +463,7 @@ class GuardedPopen(_GuardBase[subprocess.Popen[Any]]):
         finally:
             self._close_and_reap()
             process = self._child()
+            _join_readers(process)
             for stream in (process.stdin, process.stdout, process.stderr):
                 if stream:
                     # Unflushed input the dead child will never read fails with EPIPE.
@@ -572,7 +595,8 @@ class GuardedPopen(_GuardBase[subprocess.Popen[Any]]):
                     return False
         while not self._exited():
             if deadline is None:
-                if hasattr(os, "waitid"):
+                # Under gevent a blocking waitid() would stop every greenlet.
+                if hasattr(os, "waitid") and not _green.patched():
                     # ChildProcessError: reaped by another waiter.
                     with contextlib.suppress(ChildProcessError):
                         os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)

@@ -16,6 +16,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -38,6 +39,28 @@ from dramatiq_abort import Abort, Abortable, Event, EventBackend, backends
 #: Database numbers of the tests: the event backend's, then the RedisBroker's.
 BACKEND_DB = 13
 BROKER_DB = 14
+
+
+def gevent_patched() -> bool:
+    """Whether this run is under gevent's monkey-patching (``tests/run_gevent.py``)."""
+    monkey = sys.modules.get("gevent.monkey")
+    return bool(monkey and monkey.is_module_patched("threading"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under gevent, skip the tests marked ``threads_only``, giving each its reason.
+
+    They run in every other session: what they check (a CPU-bound thread
+    interrupted, a thread's switch interval, an asynchronous exception
+    swallowed by a finalizer) has no counterpart among greenlets.
+    """
+    if not gevent_patched():
+        return
+    for item in items:
+        marker = item.get_closest_marker("threads_only")
+        if marker is not None:
+            reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "")
+            item.add_marker(pytest.mark.skip(reason=f"threads only: {reason}"))
 
 
 def require(available: bool, reason: str) -> None:
@@ -251,9 +274,52 @@ def sentinel_servers() -> Iterator[Any]:
         servers.close()
 
 
-@pytest.fixture(params=["stub", "redis", "cluster"])
+#: PostgreSQL of the tests: ``POSTGRES_URL``, else this (trust authentication).
+POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _postgres_answers(url: str) -> str:
+    """Empty if PostgreSQL at ``url`` answers, else why not."""
+    import psycopg
+
+    try:
+        psycopg.connect(url, connect_timeout=2).close()
+    except psycopg.Error as exc:
+        return str(exc).strip()
+    return ""
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """A reachable PostgreSQL database's URL (``POSTGRES_URL``, else the local ``test``)."""
+    import importlib.util
+
+    installed = all(importlib.util.find_spec(name) for name in ("psycopg", "psycopg_pool"))
+    require(installed, "psycopg is not installed: pip install 'dramatiq-abort[postgres]'")
+    url = os.environ.get("POSTGRES_URL") or POSTGRES_URL
+    problem = _postgres_answers(url)
+    require(not problem, f"PostgreSQL at {url} does not answer: {problem}")
+    return url
+
+
+@pytest.fixture
+def pg_namespace() -> str:
+    """A PostgreSQL schema (and channel) name of this test's own."""
+    return f"dramatiq_abort_test_{uuid.uuid4().hex[:16]}"
+
+
+@pytest.fixture
+def postgres_backend(postgres_url: str, pg_namespace: str) -> Iterator[Any]:
+    """A PostgresBackend in this test's own schema, which is dropped at teardown."""
+    backend = backends.PostgresBackend.from_url(postgres_url, namespace=pg_namespace)
+    yield backend
+    backend.drop_tables()
+    backend.close()
+
+
+@pytest.fixture(params=["stub", "redis", "cluster", "postgres"])
 def event_backend(request: pytest.FixtureRequest) -> EventBackend:
-    """Every built-in event backend, in turn: in memory, one Redis, a Redis Cluster."""
+    """Every built-in event backend, in turn: in memory, Redis, a Redis Cluster, PostgreSQL."""
     if request.param == "stub":
         return backends.StubBackend()
     backend: EventBackend = request.getfixturevalue(f"{request.param}_backend")
@@ -314,19 +380,19 @@ def rabbitmq_broker() -> Iterator[dramatiq.Broker]:
 
 #: The end-to-end pairs: each broker with its event backend; ``cluster`` is
 #: RabbitMQ with the backend on a Redis Cluster (dramatiq's RedisBroker
-#: cannot use a cluster).
-BROKER_KINDS = ["stub", "redis", "rabbitmq", "cluster"]
+#: cannot use a cluster), ``postgres`` RabbitMQ with a PostgresBackend.
+BROKER_KINDS = ["stub", "redis", "rabbitmq", "cluster", "postgres"]
 
 
 @pytest.fixture(params=BROKER_KINDS)
 def broker(request: pytest.FixtureRequest) -> dramatiq.Broker:
     """Each real broker in turn, with an Abortable on the matching event backend."""
-    kind = "rabbitmq" if request.param == "cluster" else request.param
+    kind = "rabbitmq" if request.param in ("cluster", "postgres") else request.param
     broker: dramatiq.Broker = request.getfixturevalue(f"{kind}_broker")
     if request.param == "stub":
         backend: EventBackend = backends.StubBackend()
-    elif request.param == "cluster":
-        backend = request.getfixturevalue("cluster_backend")
+    elif request.param in ("cluster", "postgres"):
+        backend = request.getfixturevalue(f"{request.param}_backend")
     else:
         backend = request.getfixturevalue("redis_backend")
     broker.add_middleware(Abortable(backend=backend))

@@ -593,6 +593,19 @@ def drive_topologies(env: Env, code: str, capsys: Any, child: ChildListener) -> 
         sentinel.client.close()
 
 
+def drive_postgres(env: Env, code: str, capsys: Any, child: ChildListener) -> None:
+    """PostgreSQL: from_url makes a PostgresBackend in the default schema, without connecting."""
+    from dramatiq_abort.backends.postgres import PostgresBackend
+
+    run_snippet(code, env.namespace, filename="README: PostgreSQL")
+    backend = env.namespace["pg_backend"]
+    try:
+        assert isinstance(backend, PostgresBackend)
+        assert backend.namespace == "dramatiq_aborts"
+    finally:
+        backend.close()
+
+
 def drive_actor_grace(env: Env, code: str, capsys: Any, child: ChildListener) -> None:
     """Grace and cleanup per actor: Abort comes after the actor's 1 s; on_abort gets its args."""
 
@@ -708,6 +721,7 @@ README_DRIVERS: dict[str, ReadmeDriver] = {
     "Bulk, groups and pipelines": drive_many,
     "All messages of one actor": drive_actor_count,
     "Redis Cluster and Sentinel": drive_topologies,
+    "PostgreSQL": drive_postgres,
 }
 
 

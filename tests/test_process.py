@@ -547,6 +547,7 @@ def test_the_interrupt_signal_can_be_chosen(make_child: Callable[[], Child]) -> 
     assert proc.returncode == 7
 
 
+@pytest.mark.threads_only(reason="it interrupts the main OS thread with pthread_kill")
 def test_another_interruption_while_stopping_kills_at_once(make_child: Callable[[], Child]) -> None:
     """An interruption during the grace skips the rest of the escalation: SIGKILL, reap, raise."""
     child = make_child()

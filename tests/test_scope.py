@@ -395,6 +395,9 @@ def test_async_scope_callbacks_run_when_an_abort_reaches_the_coroutine(
     assert events == ["remove partial download", "Abort propagated"]
 
 
+@pytest.mark.threads_only(
+    reason="its actor loops without yielding: under gevent it holds the process until it ends"
+)
 def test_a_scope_cut_short_by_abort_does_not_leak_into_later_messages(
     stub_broker: StubBroker, abortable: Abortable, start_worker: StartWorker
 ) -> None:

@@ -11,7 +11,8 @@ Started as ``python -m dramatiq faultapp --path tests/faults ...`` by
     optional: the RedisBroker's heartbeat timeout, with maintenance on
     every command, so a killed worker's messages come back quickly.
 ``FAULT_BACKEND``, ``FAULT_BACKEND_NS``
-    the event backend's Redis URL and namespace.
+    the event backend's URL and namespace: a Redis URL, or a
+    ``postgresql://`` one (a PostgresBackend; the namespace is its schema).
 ``FAULT_LOG``, ``FAULT_LOG_KEY``
     where every step is recorded: JSON objects pushed on a Redis list.
 ``FAULT_QUEUE``
@@ -23,7 +24,8 @@ Started as ``python -m dramatiq faultapp --path tests/faults ...`` by
 
 Steps recorded (``ev``): ``ready`` (worker booted), ``pre`` (a delivery
 reaches ``before_process_message``, ahead of ``Abortable``), ``start``,
-``grace``, ``aborted``, ``finish`` (the actor's own code), ``end`` with
+``grace``, ``aborted``, ``finish`` (the actor's own code; ``ready`` says
+whether gevent patched the worker), ``end`` with
 ``outcome`` (``done`` or the exception's name), ``skipped``, ``state``.
 Times are ``time.monotonic()`` values, which on Linux are comparable
 between processes.
@@ -34,6 +36,8 @@ from __future__ import annotations
 import gc
 import json
 import os
+import socket
+import sys
 import threading
 import time
 from typing import Any
@@ -64,8 +68,9 @@ class Recorder(Middleware):
     """Records what dramatiq did with each message; runs ahead of Abortable."""
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        """The worker takes messages from now on."""
-        record("ready")
+        """The worker takes messages from now on (under gevent's patching or not)."""
+        monkey = sys.modules.get("gevent.monkey")
+        record("ready", gevent=bool(monkey and monkey.is_module_patched("threading")))
 
     def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
         """A delivery of ``message`` is about to be checked and run."""
@@ -113,9 +118,14 @@ def _broker() -> dramatiq.Broker:
 broker = _broker()
 broker.add_middleware(CurrentMessage())
 broker.add_middleware(Recorder())
-backend = backends.RedisBackend.from_url(
-    os.environ["FAULT_BACKEND"], namespace=os.environ["FAULT_BACKEND_NS"]
-)
+if os.environ["FAULT_BACKEND"].startswith(("postgresql://", "postgres://")):
+    backend: Any = backends.PostgresBackend.from_url(
+        os.environ["FAULT_BACKEND"], namespace=os.environ["FAULT_BACKEND_NS"]
+    )
+else:
+    backend = backends.RedisBackend.from_url(
+        os.environ["FAULT_BACKEND"], namespace=os.environ["FAULT_BACKEND_NS"]
+    )
 broker.add_middleware(
     Abortable(backend=backend, abort_ttl=int(os.environ.get("FAULT_ABORT_TTL", "90000")))
 )
@@ -145,6 +155,28 @@ def _run(name: str, seconds: float) -> None:
 def hold(name: str, seconds: float) -> None:
     """Run for ``seconds`` unless aborted."""
     _run(name, seconds)
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0)
+def wait_io(name: str, seconds: float) -> None:
+    """Block in one socket read that nothing answers, for up to ``seconds``.
+
+    A thread's ``Abort`` only lands once the read returns; under gevent the
+    read is a greenlet's wait, which the abort ends at once.
+    """
+    reader, writer = socket.socketpair()
+    reader.settimeout(seconds)
+    try:
+        record("start", name=name)
+        reader.recv(1)
+    except TimeoutError:
+        record("finish", name=name)
+    except Abort:
+        record("aborted", name=name)
+        raise
+    finally:
+        reader.close()
+        writer.close()
 
 
 @dramatiq.actor(queue_name=QUEUE, max_retries=5, min_backoff=1, max_backoff=20)

@@ -171,7 +171,7 @@ class StepLog:
 
 
 class WorkerProcess:
-    """A real ``dramatiq`` command running ``faultapp`` in its own session."""
+    """A real ``dramatiq`` (or ``dramatiq-gevent``) command running ``faultapp``, in its session."""
 
     def __init__(
         self,
@@ -181,15 +181,20 @@ class WorkerProcess:
         threads: int = 4,
         processes: int = 1,
         shutdown_timeout_ms: int = 30_000,
+        gevent: bool = False,
         **env: str,
     ) -> None:
         self.config = config
         self.processes = processes
         self.log_path = log_dir / f"worker-{uuid.uuid4().hex[:8]}.log"
+        # dramatiq-gevent: dramatiq's own script, which patches with gevent first.
+        start = (
+            [str(Path(sys.executable).parent / "dramatiq-gevent")]
+            if gevent
+            else [sys.executable, "-m", "dramatiq"]
+        )
         self.command = [
-            sys.executable,
-            "-m",
-            "dramatiq",
+            *start,
             "faultapp",
             "--path",
             str(HERE),
@@ -254,6 +259,10 @@ def client_broker(config: Config) -> dramatiq.Broker:
     return RedisBroker(url=config.broker_url, namespace=config.broker_ns)
 
 
+#: URL schemes of a PostgreSQL event backend (a PostgresBackend; else Redis).
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
 class Client:
     """The test process's side: sends messages and aborts them."""
 
@@ -261,9 +270,15 @@ class Client:
         self.config = config
         self.broker = client_broker(config)
         self.broker.declare_queue(config.queue)
-        self.backend = backends.RedisBackend.from_url(
-            config.backend_url, namespace=config.backend_ns
-        )
+        self.backend: Any
+        if config.backend_url.startswith(POSTGRES_SCHEMES):
+            self.backend = backends.PostgresBackend.from_url(
+                config.backend_url, namespace=config.backend_ns
+            )
+        else:
+            self.backend = backends.RedisBackend.from_url(
+                config.backend_url, namespace=config.backend_ns
+            )
         self.middleware = Abortable(backend=self.backend, abort_ttl=config.abort_ttl)
 
     def send(self, actor: str, *args: Any, **options: Any) -> dramatiq.Message[Any]:
@@ -307,7 +322,10 @@ class Client:
                 for name in ("", ".DQ", ".XQ"):
                     self.broker.channel.queue_delete(self.config.queue + name)  # type: ignore[attr-defined]
         self.broker.close()
-        self.backend.client.close()
+        if isinstance(self.backend, backends.PostgresBackend):
+            self.backend.close()
+        else:
+            self.backend.client.close()
 
 
 @dataclass
@@ -354,6 +372,9 @@ def scenario(
         log_url=f"{redis_base_url}/{BACKEND_DB}",
         abort_ttl=abort_ttl,
     )
+    postgres = config.backend_url.startswith(POSTGRES_SCHEMES)
+    if postgres:  # a schema name, which is also a fine Redis key prefix for the step log
+        config.backend_ns = f"dramatiq_abort_test_{uuid.uuid4().hex[:16]}"
     log_client = redis.Redis.from_url(config.log_url)
     client = Client(config)
     world = Scenario(config, StepLog(log_client, config.log_key), client, log_dir)
@@ -362,7 +383,11 @@ def scenario(
     finally:
         for worker in world.started:
             worker.close()
-        if backend_url is not None:
+        if postgres:
+            # The test's own schema, unless its server is down for good.
+            with contextlib.suppress(Exception):
+                client.backend.drop_tables()
+        elif backend_url is not None:
             # The test's own keys on its own backend server (a cluster, a
             # Sentinel's primary); a server the test stopped has none to lose.
             with contextlib.suppress(redis.RedisError):

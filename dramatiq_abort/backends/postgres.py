@@ -41,13 +41,13 @@ from .._request import MAX_MS, Duration, key_for, to_ms
 from .._status import apply_update, check_update, request_update
 from ..events import Event, EventBackend, StatusUpdate, Subscription
 from ..exceptions import DramatiqAbortError
+from . import _subscribed
 from ._checks import (
     check_events,
     check_ids,
     check_key,
     check_keys,
     check_pairs,
-    check_timeout,
     check_tracking,
     check_ttl,
     encodable,
@@ -1025,21 +1025,7 @@ class PostgresBackend(EventBackend):
 
     def wait_many(self, keys: Iterable[str], timeout: int) -> Event | None:
         """Wait up to ``timeout`` ms for one of ``keys``, stored or announced."""
-        wanted = check_keys(keys)
-        deadline = time.monotonic() + check_timeout(timeout)
-        subscription = self.subscribe()
-        try:
-            found = self.poll_many(wanted)
-            if found:
-                return found[0]
-            keyset = set(wanted)
-            while (remaining := deadline - time.monotonic()) > 0:
-                for event in subscription.get(remaining):
-                    if event.key in keyset:
-                        return event
-            return None
-        finally:
-            subscription.close()
+        return _subscribed.wait_many(self, keys, timeout)
 
     def subscribe(self) -> Subscription:
         """Open a connection that LISTENs on the channel; live on return."""

@@ -31,13 +31,13 @@ from .._merge import MERGE_FUNCTIONS, MERGE_LUA
 from .._request import MAX_MS, Duration, key_for, to_ms
 from .._status import STATUS_FUNCTIONS, STATUS_LUA, check_update, request_update, status_key
 from ..events import Event, EventBackend, StatusUpdate, Subscription
+from . import _subscribed
 from ._checks import (
     check_events,
     check_ids,
     check_key,
     check_keys,
     check_pairs,
-    check_timeout,
     check_tracking,
     check_ttl,
     encodable,
@@ -720,21 +720,7 @@ class RedisBackend(EventBackend):
 
     def wait_many(self, keys: Iterable[str], timeout: int) -> Event | None:
         """Wait up to ``timeout`` ms for one of ``keys``, stored or announced."""
-        wanted = check_keys(keys)
-        deadline = time.monotonic() + check_timeout(timeout)
-        subscription = self.subscribe()
-        try:
-            found = self.poll_many(wanted)
-            if found:
-                return found[0]
-            keyset = set(wanted)
-            while (remaining := deadline - time.monotonic()) > 0:
-                for event in subscription.get(remaining):
-                    if event.key in keyset:
-                        return event
-            return None
-        finally:
-            subscription.close()
+        return _subscribed.wait_many(self, keys, timeout)
 
     def subscribe(self) -> Subscription:
         """Open a subscription to the announcement channel, live on return."""

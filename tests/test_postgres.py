@@ -130,6 +130,26 @@ def test_expired_rows_are_swept_by_writes(
     assert _count(sql, pg_namespace, "statuses") == 2
 
 
+def test_a_request_expires_when_its_status_says_so(
+    postgres_backend: backends.PostgresBackend,
+) -> None:
+    """A request reaching the server late (a pool opening first) ends at requested_at + TTL.
+
+    Its status expires then, so the row must not outlive it: a worker
+    finding it afterwards would skip a message whose abort reads expired.
+    """
+    from dramatiq_abort import AbortMode
+    from dramatiq_abort._request import AbortRequest
+
+    late = AbortRequest.create("late", AbortMode.CANCEL, 0).to_event()
+    late.params["requested_at"] -= 1_000  # as if it took a second to get here
+    fresh = AbortRequest.create("fresh", AbortMode.CANCEL, 0).to_event()
+    postgres_backend.notify([late, fresh], ttl=500)
+    assert postgres_backend.poll(late.key) is None
+    assert postgres_backend.read_status(["late"])[0]["expires_at"] < time.time() * 1000
+    assert postgres_backend.poll(fresh.key) == fresh
+
+
 def test_payloads_fit_notify_and_keep_the_order() -> None:
     """A large batch is cut into payloads under 8000 bytes that hold every event in order."""
     events = [

@@ -385,6 +385,15 @@ class _PostgresSubscription:
             _logger.debug("Error while closing a PostgreSQL subscription.", exc_info=True)
 
 
+def _requested_until(key: str, params: dict[str, Any], ttl: int) -> int | None:
+    """``requested_at + ttl`` (ms) of an abort request event; ``None`` for any other event."""
+    change = request_update(Event(key, params), ttl)
+    if change is None or "expires_at" not in change.changes:
+        return None
+    end = change.changes["expires_at"][1]
+    return end if isinstance(end, int) else None
+
+
 class PostgresBackend(EventBackend):
     """An event backend for PostgreSQL (psycopg 3).
 
@@ -803,6 +812,11 @@ class PostgresBackend(EventBackend):
         for params, _ in (pair for pairs in requests.values() for pair in pairs):
             json.dumps(params)  # not JSON: refused before anything is written
         payloads = _payloads([event for event, _ in items])
+        # The wall-clock end of each abort request, as its status records it.
+        until: list[int | None] = []
+        for key, pairs in requests.items():
+            ends = [_requested_until(_from_db_key(key), params, ttl) for params, ttl in pairs]
+            until.append(None if None in ends else max(e for e in ends if e is not None))
 
         def work(conn: psycopg.Connection[Any]) -> None:
             with conn.pipeline(), conn.transaction():
@@ -819,7 +833,7 @@ class PostgresBackend(EventBackend):
                         params = new if params is None else merge_params(params, new)
                     longest = max(ttl for _, ttl in pairs)
                     rows.append((key, json.dumps(params), longest, live))
-                self._write(conn, "requests", "key", "params", rows)
+                self._write(conn, "requests", "key", "params", rows, until)
                 conn.execute(
                     "SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) AS payload",
                     [self.channel, payloads],
@@ -866,21 +880,30 @@ class PostgresBackend(EventBackend):
         column: str,
         value: str,
         rows: list[tuple[str, str, int, bool]],
+        until: list[int | None] | None = None,
     ) -> None:
         """Write ``(key, JSON, ms, live)`` rows locked by ``_lock_rows``.
 
-        Each lives ``ms`` from now, or longer if it was live and lived longer.
+        Each lives ``ms`` from now, or longer if it was live and lived longer;
+        ``until`` (wall-clock ms, per row, or ``None``) ends it sooner: an
+        abort request lives until its ``requested_at`` + TTL, the moment its
+        status says it expires, and not ``ms`` from when the server got it,
+        which may be a connection's opening later.
         """
         if not rows:
             return
         keys, values, keeps, lives = (list(column_) for column_ in zip(*rows, strict=True))
+        ends = until if until is not None else [None] * len(rows)
+        life = (
+            "least(now() + v.ms * interval '1 ms', "
+            "coalesce(to_timestamp(v.until_ms / 1000.0), 'infinity'))"
+        )
         conn.execute(
             f'UPDATE "{self.namespace}".{table} AS t SET {value} = v.value, expires_at = '
-            f"CASE WHEN v.live THEN greatest(t.expires_at, now() + v.ms * interval '1 ms') "
-            f"ELSE now() + v.ms * interval '1 ms' END "
-            f"FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bool[]) "
-            f"AS v(key, value, ms, live) WHERE t.{column} = v.key",
-            [keys, values, keeps, lives],
+            f"CASE WHEN v.live THEN greatest(t.expires_at, {life}) ELSE {life} END "
+            f"FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bool[], %s::bigint[]) "
+            f"AS v(key, value, ms, live, until_ms) WHERE t.{column} = v.key",
+            [keys, values, keeps, lives, ends],
         )
 
     def _write_statuses(

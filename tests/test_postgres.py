@@ -131,23 +131,33 @@ def test_expired_rows_are_swept_by_writes(
 
 
 def test_a_request_expires_when_its_status_says_so(
-    postgres_backend: backends.PostgresBackend,
+    postgres_backend: backends.PostgresBackend, sql: psycopg.Connection[Any], pg_namespace: str
 ) -> None:
     """A request reaching the server late (a pool opening first) ends at requested_at + TTL.
 
     Its status expires then, so the row must not outlive it: a worker
     finding it afterwards would skip a message whose abort reads expired.
+    A stamp further back than the TTL (a clock that is off) keeps the TTL.
     """
     from dramatiq_abort import AbortMode
     from dramatiq_abort._request import AbortRequest
 
     late = AbortRequest.create("late", AbortMode.CANCEL, 0).to_event()
-    late.params["requested_at"] -= 1_000  # as if it took a second to get here
-    fresh = AbortRequest.create("fresh", AbortMode.CANCEL, 0).to_event()
-    postgres_backend.notify([late, fresh], ttl=500)
-    assert postgres_backend.poll(late.key) is None
-    assert postgres_backend.read_status(["late"])[0]["expires_at"] < time.time() * 1000
-    assert postgres_backend.poll(fresh.key) == fresh
+    late.params["requested_at"] -= 40_000  # as if it took 40 s to get here
+    skewed = AbortRequest.create("skewed", AbortMode.CANCEL, 0).to_event()
+    skewed.params["requested_at"] -= 600_000  # older than the TTL: a clock that is off
+    postgres_backend.notify([late, skewed], ttl=60_000)
+    left = dict(
+        sql.execute(
+            "SELECT key, extract(epoch FROM expires_at - now())::float8 "
+            f'FROM "{pg_namespace}".requests'
+        ).fetchall()
+    )
+    assert 15 < left["abort:late"] <= 20  # 60 s less the 40 s it was late
+    assert 55 < left["abort:skewed"] <= 60
+    status = postgres_backend.read_status(["late"])[0]
+    assert status is not None
+    assert abs(status["expires_at"] / 1000 - time.time() - left["abort:late"]) < 5
 
 
 def test_payloads_fit_notify_and_keep_the_order() -> None:

@@ -385,13 +385,20 @@ class _PostgresSubscription:
             _logger.debug("Error while closing a PostgreSQL subscription.", exc_info=True)
 
 
-def _requested_until(key: str, params: dict[str, Any], ttl: int) -> int | None:
-    """``requested_at + ttl`` (ms) of an abort request event; ``None`` for any other event."""
-    change = request_update(Event(key, params), ttl)
-    if change is None or "expires_at" not in change.changes:
-        return None
-    end = change.changes["expires_at"][1]
-    return end if isinstance(end, int) else None
+def _life_left(db_key: str, params: dict[str, Any], ttl: int) -> int:
+    """The TTL (ms) of an abort request, less the time since it was stamped, on this host's clock.
+
+    Its status expires at ``requested_at + ttl``; the row lives ``ttl`` from
+    when the server writes it, which may be a pool's opening later, and
+    must not outlive the status.  Measured on this host's clock alone, and
+    only when the stamp lies within the TTL behind it: a stamp from a host
+    whose clock is off (or a made-up one) leaves the TTL as it is.
+    """
+    change = request_update(Event(_from_db_key(db_key), params), ttl)
+    if change is None or "requested_at" not in change.changes:
+        return ttl
+    elapsed = time.time() * 1000 - change.changes["requested_at"][1]
+    return max(1, round(ttl - elapsed)) if 0 <= elapsed < ttl else ttl
 
 
 class PostgresBackend(EventBackend):
@@ -812,11 +819,6 @@ class PostgresBackend(EventBackend):
         for params, _ in (pair for pairs in requests.values() for pair in pairs):
             json.dumps(params)  # not JSON: refused before anything is written
         payloads = _payloads([event for event, _ in items])
-        # The wall-clock end of each abort request, as its status records it.
-        until: list[int | None] = []
-        for key, pairs in requests.items():
-            ends = [_requested_until(_from_db_key(key), params, ttl) for params, ttl in pairs]
-            until.append(None if None in ends else max(e for e in ends if e is not None))
 
         def work(conn: psycopg.Connection[Any]) -> None:
             with conn.pipeline(), conn.transaction():
@@ -831,9 +833,9 @@ class PostgresBackend(EventBackend):
                     params = _decode(key, current) if live else None
                     for new, _ in pairs:
                         params = new if params is None else merge_params(params, new)
-                    longest = max(ttl for _, ttl in pairs)
+                    longest = max(_life_left(key, new, ttl) for new, ttl in pairs)
                     rows.append((key, json.dumps(params), longest, live))
-                self._write(conn, "requests", "key", "params", rows, until)
+                self._write(conn, "requests", "key", "params", rows)
                 conn.execute(
                     "SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) AS payload",
                     [self.channel, payloads],
@@ -880,30 +882,21 @@ class PostgresBackend(EventBackend):
         column: str,
         value: str,
         rows: list[tuple[str, str, int, bool]],
-        until: list[int | None] | None = None,
     ) -> None:
         """Write ``(key, JSON, ms, live)`` rows locked by ``_lock_rows``.
 
-        Each lives ``ms`` from now, or longer if it was live and lived longer;
-        ``until`` (wall-clock ms, per row, or ``None``) ends it sooner: an
-        abort request lives until its ``requested_at`` + TTL, the moment its
-        status says it expires, and not ``ms`` from when the server got it,
-        which may be a connection's opening later.
+        Each lives ``ms`` from now, or longer if it was live and lived longer.
         """
         if not rows:
             return
         keys, values, keeps, lives = (list(column_) for column_ in zip(*rows, strict=True))
-        ends = until if until is not None else [None] * len(rows)
-        life = (
-            "least(now() + v.ms * interval '1 ms', "
-            "coalesce(to_timestamp(v.until_ms / 1000.0), 'infinity'))"
-        )
         conn.execute(
             f'UPDATE "{self.namespace}".{table} AS t SET {value} = v.value, expires_at = '
-            f"CASE WHEN v.live THEN greatest(t.expires_at, {life}) ELSE {life} END "
-            f"FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bool[], %s::bigint[]) "
-            f"AS v(key, value, ms, live, until_ms) WHERE t.{column} = v.key",
-            [keys, values, keeps, lives, ends],
+            f"CASE WHEN v.live THEN greatest(t.expires_at, now() + v.ms * interval '1 ms') "
+            f"ELSE now() + v.ms * interval '1 ms' END "
+            f"FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bool[]) "
+            f"AS v(key, value, ms, live) WHERE t.{column} = v.key",
+            [keys, values, keeps, lives],
         )
 
     def _write_statuses(

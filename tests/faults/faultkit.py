@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import dramatiq
+import pytest
 import redis
 
 from conftest import BACKEND_DB, BROKER_DB, delete_prefix
-from dramatiq_abort import Abortable, abort, backends
+from dramatiq_abort import Abortable, BackendUnavailableError, abort, backends
 
 HERE = Path(__file__).resolve().parent
 #: Bound, in seconds, on any single wait for a worker's step.
@@ -406,3 +407,64 @@ def assert_clean_output(worker: WorkerProcess) -> None:
     text = worker.output()
     for bad in ("Traceback", "Exception in thread"):
         assert bad not in text, f"{bad!r} in the worker's output:\n{text[-3000:]}"
+
+
+#: Seconds each quick message of :func:`run_backend_restart` runs.
+QUICK = 0.02
+
+
+def run_backend_restart(world: Scenario, server: Any, label: str) -> None:
+    """Stop and restart the event backend's ``server`` under a busy worker; check nothing is lost.
+
+    A long message starts before the outage; 20 quick messages are sent
+    before, 20 during and 20 after it.  While the backend is down,
+    ``abort()`` says so (``BackendUnavailableError``); after the restart an
+    abort of the long message still lands.  Every quick message ran exactly
+    once and ended normally; the worker's background threads are alive and
+    it shuts down cleanly.  ``server`` has ``stop()`` and ``start()``.
+    """
+    worker = world.worker(threads=4)
+    long = world.client.send("hold", "long", 120.0)
+    world.log.wait_for("start", "long")
+    names = [f"before-{i}" for i in range(20)]
+    for name in names:
+        world.client.send("hold", name, QUICK)
+    world.log.wait_for("end", count=20)
+
+    server.stop()
+    with pytest.raises(BackendUnavailableError):
+        world.client.abort(long.message_id)
+    during = [f"during-{i}" for i in range(20)]
+    for name in during:
+        world.client.send("hold", name, QUICK)
+    world.log.wait_for("end", count=40)
+
+    server.start()
+    returned = world.client.abort(long.message_id)
+    aborted = world.log.wait_for("aborted", "long")
+    after = [f"after-{i}" for i in range(20)]
+    for name in after:
+        world.client.send("hold", name, QUICK)
+    world.client.send("state", "state")
+    state = world.log.wait_for("state")
+    world.log.wait_for("end", count=62)
+
+    worker.terminate()
+    assert worker.wait(30) == 0
+    world.log.drain()
+
+    outcomes = world.log.outcomes()
+    quick = names + during + after
+    assert {name: outcomes.get(name) for name in quick} == {name: ["done"] for name in quick}
+    assert all(world.log.counts("start")[name] == 1 for name in quick)
+    assert outcomes["long"] == ["Abort"]
+    assert {"dramatiq-abort-watcher", "dramatiq-abort-timer"} <= set(state["threads"])
+    assert_clean_output(worker)
+    report(
+        label,
+        messages=len(quick) + 1,
+        aborts_delivered=1,
+        lost=0,
+        duplicated=0,
+        first_abort_after_restart_ms=round((aborted["t"] - returned) * 1000),
+    )

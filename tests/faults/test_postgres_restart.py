@@ -21,10 +21,8 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port, require
-from dramatiq_abort import BackendUnavailableError
-from faultkit import assert_clean_output, report, scenario
+from faultkit import run_backend_restart, scenario
 
-QUICK = 0.02  # seconds each quick message runs
 #: Where Debian puts the PostgreSQL programs (the newest version installed);
 #: ``PG_BINDIR`` overrides.
 BINDIR = os.environ.get("PG_BINDIR") or max(
@@ -114,48 +112,4 @@ def test_postgres_restart_loses_nothing_and_aborts_reach_older_messages(
     with scenario(
         redis_base_url, tmp_path, broker_url=broker_url, backend_url=postgres_server.url
     ) as world:
-        worker = world.worker(threads=4)
-        long = world.client.send("hold", "long", 120.0)
-        world.log.wait_for("start", "long")
-        names = [f"before-{i}" for i in range(20)]
-        for name in names:
-            world.client.send("hold", name, QUICK)
-        world.log.wait_for("end", count=20)
-
-        postgres_server.stop()
-        with pytest.raises(BackendUnavailableError):
-            world.client.abort(long.message_id)
-        during = [f"during-{i}" for i in range(20)]
-        for name in during:
-            world.client.send("hold", name, QUICK)
-        world.log.wait_for("end", count=40)
-
-        postgres_server.start()
-        returned = world.client.abort(long.message_id)
-        aborted = world.log.wait_for("aborted", "long")
-        after = [f"after-{i}" for i in range(20)]
-        for name in after:
-            world.client.send("hold", name, QUICK)
-        world.client.send("state", "state")
-        state = world.log.wait_for("state")
-        world.log.wait_for("end", count=62)
-
-        worker.terminate()
-        assert worker.wait(30) == 0
-        world.log.drain()
-
-    outcomes = world.log.outcomes()
-    quick = names + during + after
-    assert {name: outcomes.get(name) for name in quick} == {name: ["done"] for name in quick}
-    assert all(world.log.counts("start")[name] == 1 for name in quick)
-    assert outcomes["long"] == ["Abort"]
-    assert {"dramatiq-abort-watcher", "dramatiq-abort-timer"} <= set(state["threads"])
-    assert_clean_output(worker)
-    report(
-        "postgres restart",
-        messages=len(quick) + 1,
-        aborts_delivered=1,
-        lost=0,
-        duplicated=0,
-        first_abort_after_restart_ms=round((aborted["t"] - returned) * 1000),
-    )
+        run_backend_restart(world, postgres_server, "postgres restart")
